@@ -1,0 +1,42 @@
+/**
+ * Token checks for the upgrade request, in constant time.
+ * @module
+ */
+import { createHash, timingSafeEqual } from "node:crypto";
+
+function digest(text: string): Uint8Array {
+  return createHash("sha256").update(text).digest();
+}
+
+/** Holds the accepted tokens as digests and compares candidates against all of them in constant time. */
+export class TokenSet {
+  readonly #digests: readonly Uint8Array[];
+
+  constructor(tokens: readonly string[]) {
+    if (tokens.length === 0) throw new RangeError("Cannot create TokenSet: no tokens");
+    this.#digests = tokens.map(digest);
+  }
+
+  /** Whether `candidate` is one of the tokens. Compares digests, so neither length nor prefix leaks. */
+  matches(candidate: string): boolean {
+    const probe = digest(candidate);
+    let found = false;
+    for (const known of this.#digests) found = timingSafeEqual(probe, known) || found;
+    return found;
+  }
+}
+
+/** The token a request carries: `?token=` on the URL, else `Authorization: Bearer`. */
+export function tokenFromRequest(url: URL, headers: Headers): string | undefined {
+  const fromQuery = url.searchParams.get("token");
+  if (fromQuery !== null && fromQuery !== "") return fromQuery;
+  const authorization = headers.get("authorization");
+  const match = authorization === null ? null : /^Bearer[ ]+(\S+)\s*$/i.exec(authorization);
+  return match?.[1];
+}
+
+/** A random token: 32 bytes, base64url. */
+export function generateToken(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(32));
+  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+}

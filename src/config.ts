@@ -1,0 +1,393 @@
+/**
+ * Configuration: one table of options, read from defaults <- environment <- command-line flags, validated once,
+ * returned frozen. Pure: the caller passes the environment and the arguments in.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { parseCidr } from "./policy/policy.ts";
+
+/** Log levels accepted by `AERO_PROXY_LOG_LEVEL`. */
+export const LOG_LEVELS = ["trace", "debug", "info", "warning", "error", "fatal"] as const;
+export type LogLevel = typeof LOG_LEVELS[number];
+
+/** The relay's resolved, validated configuration. */
+export interface Config {
+  readonly host: string;
+  readonly port: number;
+  /** Accepted tokens; empty means "generate one at startup". */
+  readonly authTokens: readonly string[];
+  readonly allowPrivateIps: boolean;
+  readonly allowCidrs: readonly string[];
+  readonly denyCidrs: readonly string[];
+  /** Empty means every port not denied. */
+  readonly allowPorts: readonly number[];
+  readonly denyPorts: readonly number[];
+  readonly maxStreamsPerSession: number;
+  /** OPEN frames per second per session; 0 means unlimited. */
+  readonly openRate: number;
+  readonly openBurst: number;
+  /** Client-to-target bytes per second per session; 0 means unlimited. */
+  readonly clientBytesPerSec: number;
+  readonly streamQueueBytes: number;
+  readonly sessionQueueBytes: number;
+  readonly connectTimeoutMs: number;
+  readonly wsHighWatermark: number;
+  readonly wsLowWatermark: number;
+  readonly logLevel: LogLevel;
+}
+
+type Kind = "host" | "port" | "tokens" | "bool" | "cidrs" | "ports" | "count" | "rate" | "level";
+
+/** One configuration option: its environment variable, its flag, its default and its meaning. */
+export interface OptionSpec {
+  readonly key: keyof Config;
+  readonly env: string;
+  readonly flag: string;
+  readonly kind: Kind;
+  /** The default, written as it would be in the environment. */
+  readonly default: string;
+  readonly description: string;
+}
+
+const KIB = 1024;
+const MIB = 1024 * KIB;
+
+/** Every option, in the order `--help` and the README list them. */
+export const OPTIONS: readonly OptionSpec[] = [
+  {
+    key: "host",
+    env: "AERO_PROXY_HOST",
+    flag: "host",
+    kind: "host",
+    default: "127.0.0.1",
+    description: "Address to listen on",
+  },
+  {
+    key: "port",
+    env: "AERO_PROXY_PORT",
+    flag: "port",
+    kind: "port",
+    default: "8080",
+    description: "TCP port to listen on (0 picks a free port)",
+  },
+  {
+    key: "authTokens",
+    env: "AERO_PROXY_AUTH_TOKEN",
+    flag: "auth-token",
+    kind: "tokens",
+    default: "",
+    description:
+      "Accepted token(s), comma-separated; unset: a random token is generated and printed at startup",
+  },
+  {
+    key: "allowPrivateIps",
+    env: "AERO_PROXY_ALLOW_PRIVATE_IPS",
+    flag: "allow-private-ips",
+    kind: "bool",
+    default: "0",
+    description: "1 allows private, loopback, link-local and other special IPv4 destinations",
+  },
+  {
+    key: "allowCidrs",
+    env: "AERO_PROXY_ALLOW_CIDRS",
+    flag: "allow-cidrs",
+    kind: "cidrs",
+    default: "",
+    description: "IPv4 CIDRs allowed even though they are in a denied special range",
+  },
+  {
+    key: "denyCidrs",
+    env: "AERO_PROXY_DENY_CIDRS",
+    flag: "deny-cidrs",
+    kind: "cidrs",
+    default: "",
+    description: "IPv4 CIDRs always denied, even with ALLOW_PRIVATE_IPS or ALLOW_CIDRS",
+  },
+  {
+    key: "allowPorts",
+    env: "AERO_PROXY_ALLOW_PORTS",
+    flag: "allow-ports",
+    kind: "ports",
+    default: "",
+    description: "If set, only these destination ports (comma-separated, ranges like 8000-8100)",
+  },
+  {
+    key: "denyPorts",
+    env: "AERO_PROXY_DENY_PORTS",
+    flag: "deny-ports",
+    kind: "ports",
+    default: "25",
+    description: "Destination ports always denied (default: SMTP)",
+  },
+  {
+    key: "maxStreamsPerSession",
+    env: "AERO_PROXY_MAX_STREAMS_PER_SESSION",
+    flag: "max-streams-per-session",
+    kind: "count",
+    default: "1024",
+    description: "Concurrent streams per WebSocket session",
+  },
+  {
+    key: "openRate",
+    env: "AERO_PROXY_OPEN_RATE",
+    flag: "open-rate",
+    kind: "rate",
+    default: "100",
+    description: "Sustained OPENs per second per session (0 = unlimited)",
+  },
+  {
+    key: "openBurst",
+    env: "AERO_PROXY_OPEN_BURST",
+    flag: "open-burst",
+    kind: "count",
+    default: "1024",
+    description: "OPENs a session may make at once before the rate applies",
+  },
+  {
+    key: "clientBytesPerSec",
+    env: "AERO_PROXY_CLIENT_BYTES_PER_SEC",
+    flag: "client-bytes-per-sec",
+    kind: "rate",
+    default: String(16 * MIB),
+    description: "Client-to-target bytes per second per session, shaped (0 = unlimited)",
+  },
+  {
+    key: "streamQueueBytes",
+    env: "AERO_PROXY_STREAM_QUEUE_BYTES",
+    flag: "stream-queue-bytes",
+    kind: "count",
+    default: String(1 * MIB),
+    description: "Bytes queued for one slow target before its stream gets ERROR 8",
+  },
+  {
+    key: "sessionQueueBytes",
+    env: "AERO_PROXY_SESSION_QUEUE_BYTES",
+    flag: "session-queue-bytes",
+    kind: "count",
+    default: String(16 * MIB),
+    description: "Bytes queued for all targets of one session before the stream adding more gets ERROR 8",
+  },
+  {
+    key: "connectTimeoutMs",
+    env: "AERO_PROXY_CONNECT_TIMEOUT_MS",
+    flag: "connect-timeout-ms",
+    kind: "count",
+    default: "10000",
+    description: "TCP connect timeout; on expiry the stream gets ERROR 6",
+  },
+  {
+    key: "wsHighWatermark",
+    env: "AERO_PROXY_WS_HIGH_WATERMARK",
+    flag: "ws-high-watermark",
+    kind: "count",
+    default: String(512 * KIB),
+    description: "WebSocket send buffer size at which target reads pause",
+  },
+  {
+    key: "wsLowWatermark",
+    env: "AERO_PROXY_WS_LOW_WATERMARK",
+    flag: "ws-low-watermark",
+    kind: "count",
+    default: String(128 * KIB),
+    description: "WebSocket send buffer size below which paused target reads resume",
+  },
+  {
+    key: "logLevel",
+    env: "AERO_PROXY_LOG_LEVEL",
+    flag: "log-level",
+    kind: "level",
+    default: "info",
+    description: `Lowest log level written: ${LOG_LEVELS.join(", ")}`,
+  },
+];
+
+/** Bad configuration: the message names every offending variable or flag and what it accepts. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+  readonly problems: readonly string[];
+  constructor(problems: readonly string[]) {
+    super(problems.join("; "));
+    this.problems = problems;
+  }
+}
+
+/** What the command line asked for besides configuration. */
+export type Command = { kind: "run"; config: Config } | { kind: "help" } | { kind: "version" };
+
+const DIGITS = /^[0-9]+$/;
+const TOKEN_CHARS = /^[\x21-\x7e]+$/;
+
+function parseInteger(text: string, min: number, max: number): number | undefined {
+  if (!DIGITS.test(text)) return undefined;
+  const value = Number(text);
+  return Number.isSafeInteger(value) && value >= min && value <= max ? value : undefined;
+}
+
+/** Parses a comma-separated list of ports and port ranges such as `25,465-587`. */
+export function parsePortList(text: string): number[] | undefined {
+  const ports = new Set<number>();
+  for (const part of text.split(",").map((p) => p.trim()).filter((p) => p !== "")) {
+    const [first = "", last = first, extra] = part.split("-");
+    if (extra !== undefined) return undefined;
+    const low = parseInteger(first.trim(), 1, 65535);
+    const high = parseInteger(last.trim(), 1, 65535);
+    if (low === undefined || high === undefined || high < low) return undefined;
+    for (let port = low; port <= high; port++) ports.add(port);
+  }
+  return [...ports].sort((a, b) => a - b);
+}
+
+function splitList(text: string): string[] {
+  return text.split(",").map((p) => p.trim()).filter((p) => p !== "");
+}
+
+/** Converts one option's text to its value, or returns an error sentence. */
+function convert(spec: OptionSpec, text: string): { value: unknown } | { problem: string } {
+  const bad = (accepted: string) => ({
+    problem: `${spec.env} must be ${accepted}, got ${JSON.stringify(text)}`,
+  });
+  switch (spec.kind) {
+    case "host":
+      return text.trim() === "" || /\s/.test(text)
+        ? bad("a host name or IP address")
+        : { value: text.trim() };
+    case "port": {
+      const value = parseInteger(text.trim(), 0, 65535);
+      return value === undefined ? bad("an integer from 0 to 65535") : { value };
+    }
+    case "tokens": {
+      const tokens = splitList(text);
+      if (text.trim() !== "" && tokens.length === 0) return bad("one or more tokens separated by commas");
+      if (!tokens.every((t) => TOKEN_CHARS.test(t))) {
+        return { problem: `${spec.env} must contain only printable ASCII characters without spaces` };
+      }
+      return { value: tokens };
+    }
+    case "bool": {
+      const lower = text.trim().toLowerCase();
+      if (lower === "1" || lower === "true") return { value: true };
+      if (lower === "0" || lower === "false") return { value: false };
+      return bad("1 or 0 (true or false)");
+    }
+    case "cidrs": {
+      const cidrs = splitList(text);
+      for (const cidr of cidrs) {
+        if (parseCidr(cidr) === undefined) return bad("comma-separated IPv4 CIDRs such as 10.0.0.0/8");
+      }
+      return { value: cidrs };
+    }
+    case "ports": {
+      const ports = parsePortList(text);
+      return ports === undefined
+        ? bad("comma-separated ports or ranges from 1 to 65535, such as 25,8000-8100")
+        : {
+          value: ports,
+        };
+    }
+    case "count": {
+      const value = parseInteger(text.trim(), 1, Number.MAX_SAFE_INTEGER);
+      return value === undefined ? bad("a positive integer") : { value };
+    }
+    case "rate": {
+      const value = parseInteger(text.trim(), 0, Number.MAX_SAFE_INTEGER);
+      return value === undefined ? bad("a non-negative integer (0 = unlimited)") : { value };
+    }
+    case "level": {
+      const lower = text.trim().toLowerCase();
+      return (LOG_LEVELS as readonly string[]).includes(lower)
+        ? { value: lower }
+        : bad(`one of ${LOG_LEVELS.join(", ")}`);
+    }
+  }
+}
+
+/** The environment variables the relay reads; `main.ts` reads exactly these. */
+export const ENV_NAMES: readonly string[] = OPTIONS.map((o) => o.env);
+
+/**
+ * Builds the configuration from defaults, then `env`, then `args` (flags win).
+ *
+ * @param env environment variables (only the `AERO_PROXY_*` names in {@linkcode OPTIONS} are read)
+ * @param args command-line arguments, without the program name
+ * @throws {ConfigError} naming every bad value; nothing is half-applied
+ */
+export function parseCommand(
+  env: Readonly<Record<string, string | undefined>>,
+  args: readonly string[],
+): Command {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: [...args],
+      strict: true,
+      allowPositionals: false,
+      options: {
+        help: { type: "boolean", short: "h" },
+        version: { type: "boolean", short: "V" },
+        ...Object.fromEntries(OPTIONS.map((o) => [o.flag, { type: "string" as const }])),
+      },
+    });
+  } catch (err: unknown) {
+    throw new ConfigError([err instanceof Error ? err.message : String(err)]);
+  }
+  const flags = parsed.values as Record<string, string | boolean | undefined>;
+  if (flags.help === true) return { kind: "help" };
+  if (flags.version === true) return { kind: "version" };
+
+  const values: Record<string, unknown> = {};
+  const problems: string[] = [];
+  for (const spec of OPTIONS) {
+    const fromFlag = flags[spec.flag];
+    const text = typeof fromFlag === "string" ? fromFlag : env[spec.env] ?? spec.default;
+    const result = convert(spec, text);
+    if ("problem" in result) {
+      problems.push(
+        typeof fromFlag === "string" ? result.problem.replace(spec.env, `--${spec.flag}`) : result.problem,
+      );
+    } else {
+      values[spec.key] = result.value;
+    }
+  }
+  if (problems.length === 0 && (values.wsLowWatermark as number) > (values.wsHighWatermark as number)) {
+    problems.push("AERO_PROXY_WS_LOW_WATERMARK must not exceed AERO_PROXY_WS_HIGH_WATERMARK");
+  }
+  if (problems.length === 0 && (values.streamQueueBytes as number) > (values.sessionQueueBytes as number)) {
+    problems.push("AERO_PROXY_STREAM_QUEUE_BYTES must not exceed AERO_PROXY_SESSION_QUEUE_BYTES");
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return { kind: "run", config: Object.freeze(values as unknown as Config) };
+}
+
+/** The configuration with every default and the given overrides (for tests and embedding). */
+export function defaultConfig(overrides: Partial<Config> = {}): Config {
+  const command = parseCommand({}, []);
+  if (command.kind !== "run") throw new Error("unreachable: no flags were given");
+  return Object.freeze({ ...command.config, ...overrides });
+}
+
+/** The `--help` text: every option with its flag, environment variable and default. */
+export function helpText(): string {
+  const lines = [
+    "aero-net-proxy: a WebSocket to TCP relay for browsers (tcp-mux protocol v1)",
+    "",
+    "Usage: aero-net-proxy [options]",
+    "",
+    "Every option can also be set by its environment variable; a flag wins over the variable.",
+    "",
+    "Options:",
+  ];
+  for (const o of OPTIONS) {
+    lines.push(
+      `  --${o.flag}=VALUE`,
+      `      ${o.description}`,
+      `      env ${o.env}, default ${o.default === "" ? "(none)" : o.default}`,
+    );
+  }
+  lines.push(
+    "  -h, --help",
+    "      Print this help and exit",
+    "  -V, --version",
+    "      Print the version and exit",
+  );
+  return lines.join("\n");
+}

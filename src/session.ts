@@ -1,0 +1,363 @@
+/**
+ * One WebSocket session: decodes client frames, owns the id -> stream map, enforces the per-session limits,
+ * and has one cleanup path for when the WebSocket goes away.
+ * @module
+ */
+import { getLogger } from "@logtape/logtape";
+import type { Config } from "./config.ts";
+import { Metrics } from "./metrics.ts";
+import type { Policy } from "./policy/policy.ts";
+import {
+  type ClientFrame,
+  decodeClientFrame,
+  encodeError,
+  ERROR_CODE_NAMES,
+  ErrorCode,
+  FrameType,
+  type OpenFrame,
+  ProtocolError,
+  SESSION_ID,
+} from "./protocol/mod.ts";
+import { TokenBucket } from "./rate_limit.ts";
+import { type Dial, type StreamHost, TcpStream } from "./tcp_stream.ts";
+
+/** The part of a WebSocket a session uses (the seam tests and adapters can fill). */
+export type FrameSocket = Pick<WebSocket, "send" | "close" | "bufferedAmount" | "readyState">;
+
+/** WebSocket close code for a protocol violation (RFC 6455, 7.4.1). */
+export const CLOSE_PROTOCOL_ERROR = 1002;
+/** WebSocket close code when the relay shuts down. */
+export const CLOSE_GOING_AWAY = 1001;
+
+/**
+ * Ids of streams that ended recently. A client's DATA or CLOSE for such an id may have crossed our CLOSE on
+ * the wire; it is dropped quietly instead of answered with ERROR 5. Bounded: oldest ids fall out first.
+ */
+const RECENT_IDS = 4096;
+/** How often a waiting reader checks whether the WebSocket has drained. */
+const DRAIN_POLL_MS = 1;
+
+/** Everything a session needs, injected by the server. */
+export interface SessionDeps {
+  readonly config: Config;
+  readonly policy: Policy;
+  readonly metrics: Metrics;
+  readonly dial: Dial;
+  readonly clientIp: string;
+}
+
+const logger = getLogger(["aero-net-proxy", "session"]);
+let nextSessionNumber = 1;
+
+/** One client's WebSocket and its streams. */
+export class Session implements StreamHost {
+  readonly sessionId: string;
+  readonly dial: Dial;
+  readonly connectTimeoutMs: number;
+  readonly streamQueueBytes: number;
+  readonly sessionQueueBytes: number;
+  queuedBytes = 0;
+
+  readonly #socket: FrameSocket;
+  readonly #deps: SessionDeps;
+  readonly #metrics: Metrics;
+  readonly #streams = new Map<number, TcpStream>();
+  readonly #recent = new Set<number>();
+  readonly #tasks = new Set<Promise<void>>();
+  readonly #openBucket: TokenBucket | undefined;
+  readonly #uplinkBucket: TokenBucket | undefined;
+  readonly #highWatermark: number;
+  readonly #lowWatermark: number;
+  readonly #startedAt = performance.now();
+  readonly #limitsLogged = new Set<string>();
+  #drainWaiters: (() => void)[] = [];
+  #drainTimer: ReturnType<typeof setTimeout> | undefined;
+  #closed = false;
+  #streamsOpened = 0;
+  #bytesIn = 0;
+  #bytesOut = 0;
+
+  constructor(socket: FrameSocket, deps: SessionDeps) {
+    const { config } = deps;
+    this.sessionId = `s${nextSessionNumber++}-${crypto.randomUUID().slice(0, 8)}`;
+    this.#socket = socket;
+    this.#deps = deps;
+    this.#metrics = deps.metrics;
+    this.dial = deps.dial;
+    this.connectTimeoutMs = config.connectTimeoutMs;
+    this.streamQueueBytes = config.streamQueueBytes;
+    this.sessionQueueBytes = config.sessionQueueBytes;
+    this.#highWatermark = config.wsHighWatermark;
+    this.#lowWatermark = config.wsLowWatermark;
+    this.#openBucket = config.openRate > 0 ? new TokenBucket(config.openRate, config.openBurst) : undefined;
+    this.#uplinkBucket = config.clientBytesPerSec > 0
+      ? new TokenBucket(config.clientBytesPerSec, config.clientBytesPerSec)
+      : undefined;
+    this.#metrics.sessionsActive++;
+    this.#metrics.sessionsTotal++;
+    logger.info("session_open", {
+      event: "session_open",
+      sessionId: this.sessionId,
+      clientIp: deps.clientIp,
+    });
+  }
+
+  /** Number of live streams. */
+  get streamCount(): number {
+    return this.#streams.size;
+  }
+
+  /** Whether the session has ended. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  // --- Inbound frames --------------------------------------------------------------------------------
+
+  /** Handles one WebSocket message from the client. */
+  handleMessage(data: unknown): void {
+    if (this.#closed) return;
+    if (!(data instanceof ArrayBuffer)) {
+      this.#violation(
+        typeof data === "string"
+          ? "Invalid frame: text messages are not part of the protocol; send binary frames"
+          : "Invalid frame: unsupported message type",
+      );
+      return;
+    }
+    this.#metrics.framesFromClient++;
+    this.#metrics.bytesFromClient += data.byteLength;
+    this.#bytesIn += data.byteLength;
+    let frame: ClientFrame;
+    try {
+      frame = decodeClientFrame(new Uint8Array(data));
+    } catch (err: unknown) {
+      if (!(err instanceof ProtocolError)) throw err;
+      if (err.scope === "session") this.#violation(err.message);
+      else this.sendError(err.connectionId, err.code, err.message);
+      return;
+    }
+    switch (frame.type) {
+      case FrameType.OPEN:
+        this.#open(frame);
+        return;
+      case FrameType.DATA: {
+        const stream = this.#streams.get(frame.connectionId);
+        if (stream !== undefined) stream.enqueue(frame.data);
+        else this.#unknownId(frame.connectionId, "DATA");
+        return;
+      }
+      case FrameType.CLOSE: {
+        const stream = this.#streams.get(frame.connectionId);
+        if (stream !== undefined) stream.clientClose();
+        else this.#unknownId(frame.connectionId, "CLOSE");
+        return;
+      }
+    }
+  }
+
+  #unknownId(id: number, kind: string): void {
+    if (this.#recent.has(id)) return;
+    this.sendError(
+      id,
+      ErrorCode.INVALID_FRAME,
+      `Invalid ${kind} frame: no open stream has connection id ${id}`,
+    );
+  }
+
+  #open(frame: OpenFrame): void {
+    const id = frame.connectionId;
+    if (this.#streams.has(id)) {
+      this.sendError(id, ErrorCode.INVALID_FRAME, `Invalid OPEN frame: connection id ${id} is already open`);
+      return;
+    }
+    // A refused OPEN still counts as recent, so DATA the client pipelined behind it is dropped quietly.
+    this.#remember(id);
+    const { config } = this.#deps;
+    if (this.#streams.size >= config.maxStreamsPerSession) {
+      this.#limit(
+        "streams",
+        id,
+        `Too many streams: this session already has ${this.#streams.size} (the limit)`,
+      );
+      return;
+    }
+    const decision = this.#deps.policy(frame.ip, frame.port);
+    if (!decision.allowed) {
+      Metrics.bump(this.#metrics.policyDenied, decision.rule);
+      if (this.#firstTime(`policy:${decision.rule}`)) {
+        logger.warn("policy_denied", {
+          event: "policy_denied",
+          sessionId: this.sessionId,
+          streamId: id,
+          rule: decision.rule,
+          reason: decision.reason,
+        });
+      }
+      this.sendError(id, ErrorCode.POLICY_DENIED, decision.reason);
+      return;
+    }
+    if (this.#openBucket !== undefined && !this.#openBucket.tryTake()) {
+      this.#limit(
+        "open_rate",
+        id,
+        `Too many OPENs: the limit is ${config.openRate} a second after a burst of ${config.openBurst}`,
+      );
+      return;
+    }
+    this.#recent.delete(id);
+    const stream = new TcpStream(this, id, frame.ip, frame.port);
+    this.#streams.set(id, stream);
+    this.#streamsOpened++;
+    this.#metrics.streamsActive++;
+    this.#metrics.streamsTotal++;
+    const task = stream.start();
+    this.#tasks.add(task);
+    void task.finally(() => this.#tasks.delete(task));
+  }
+
+  #limit(kind: string, id: number, message: string): void {
+    Metrics.bump(this.#metrics.rateLimited, kind);
+    if (this.#firstTime(`limit:${kind}`)) {
+      logger.warn("rate_limited", {
+        event: "rate_limited",
+        sessionId: this.sessionId,
+        streamId: id,
+        kind,
+        reason: message,
+      });
+    }
+    this.sendError(id, ErrorCode.RATE_LIMITED, message);
+  }
+
+  /** True the first time a kind of event is seen in this session (one log line per kind, no floods). */
+  #firstTime(kind: string): boolean {
+    if (this.#limitsLogged.has(kind)) return false;
+    this.#limitsLogged.add(kind);
+    return true;
+  }
+
+  #remember(id: number): void {
+    this.#recent.delete(id);
+    this.#recent.add(id);
+    if (this.#recent.size > RECENT_IDS) {
+      const oldest = this.#recent.values().next().value;
+      if (oldest !== undefined) this.#recent.delete(oldest);
+    }
+  }
+
+  /** A session-level protocol violation: ERROR on id 0, then close with 1002. */
+  #violation(message: string): void {
+    this.sendError(SESSION_ID, ErrorCode.INVALID_FRAME, message);
+    logger.warn("protocol_violation", { event: "error", sessionId: this.sessionId, reason: message });
+    this.close(CLOSE_PROTOCOL_ERROR, "protocol error");
+  }
+
+  // --- StreamHost ------------------------------------------------------------------------------------
+
+  get congested(): boolean {
+    return this.#socket.bufferedAmount > this.#highWatermark;
+  }
+
+  /** Resolves once the WebSocket send buffer is at or below the low watermark (or the session ended). */
+  waitForDrain(): Promise<void> {
+    if (this.#closed || this.#socket.bufferedAmount <= this.#lowWatermark) return Promise.resolve();
+    this.#metrics.backpressurePauses++;
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.#drainWaiters.push(resolve);
+    // One timer per session serves every waiting stream; it runs only while someone waits.
+    this.#drainTimer ??= setTimeout(this.#checkDrain, DRAIN_POLL_MS);
+    return promise;
+  }
+
+  #checkDrain = (): void => {
+    this.#drainTimer = undefined;
+    if (this.#closed || this.#socket.bufferedAmount <= this.#lowWatermark) {
+      const waiters = this.#drainWaiters;
+      this.#drainWaiters = [];
+      for (const resolve of waiters) resolve();
+    } else {
+      this.#drainTimer = setTimeout(this.#checkDrain, DRAIN_POLL_MS);
+    }
+  };
+
+  reserveUplink(n: number): number {
+    return this.#uplinkBucket === undefined ? 0 : this.#uplinkBucket.reserve(n);
+  }
+
+  sendFrame(frame: Uint8Array): void {
+    if (this.#closed || this.#socket.readyState !== WebSocket.OPEN) return;
+    this.#socket.send(frame);
+    this.#metrics.framesToClient++;
+    this.#metrics.bytesToClient += frame.byteLength;
+    this.#bytesOut += frame.byteLength;
+  }
+
+  sendError(connectionId: number, code: ErrorCode, message: string): void {
+    Metrics.bump(this.#metrics.errorsSent, code);
+    logger.debug("error_sent", {
+      event: "error",
+      sessionId: this.sessionId,
+      streamId: connectionId,
+      code,
+      codeName: ERROR_CODE_NAMES[code],
+      reason: message,
+    });
+    this.sendFrame(encodeError(connectionId, code, message));
+  }
+
+  streamFinished(stream: TcpStream): void {
+    if (this.#streams.get(stream.id) === stream) {
+      this.#streams.delete(stream.id);
+      this.#metrics.streamsActive--;
+    }
+    this.#remember(stream.id);
+  }
+
+  countToTarget(n: number): void {
+    this.#metrics.bytesToTargets += n;
+  }
+
+  countFromTarget(n: number): void {
+    this.#metrics.bytesFromTargets += n;
+  }
+
+  // --- Lifetime --------------------------------------------------------------------------------------
+
+  /**
+   * Ends the session: closes the WebSocket (if `code` is given and it is still open) and every TCP socket.
+   * Safe to call more than once; the first call wins.
+   */
+  close(code?: number, reason?: string): void {
+    if (this.#closed) return;
+    if (code !== undefined && this.#socket.readyState === WebSocket.OPEN) {
+      try {
+        this.#socket.close(code, reason);
+      } catch {
+        // The peer went away at the same moment.
+      }
+    }
+    this.#closed = true;
+    for (const stream of [...this.#streams.values()]) stream.finish("session_closed");
+    if (this.#drainTimer !== undefined) clearTimeout(this.#drainTimer);
+    this.#drainTimer = undefined;
+    this.#checkDrain();
+    this.#metrics.sessionsActive--;
+    logger.info("session_close", {
+      event: "session_close",
+      sessionId: this.sessionId,
+      clientIp: this.#deps.clientIp,
+      durationMs: Math.round(performance.now() - this.#startedAt),
+      bytesFromClient: this.#bytesIn,
+      bytesToClient: this.#bytesOut,
+      streams: this.#streamsOpened,
+      closeCode: code ?? null,
+      closeReason: reason ?? null,
+    });
+  }
+
+  /** Resolves when every stream task of this session has settled. */
+  async settled(): Promise<void> {
+    while (this.#tasks.size > 0) await Promise.allSettled([...this.#tasks]);
+  }
+}

@@ -1,0 +1,335 @@
+/**
+ * One logical stream: dial the target, pump target bytes to the WebSocket (with backpressure), write client
+ * bytes to the target from a bounded queue, and finish exactly once.
+ * @module
+ */
+import { getLogger } from "@logtape/logtape";
+import {
+  encodeClose,
+  encodeOpenAck,
+  ErrorCode,
+  FrameType,
+  HEADER_SIZE,
+  writeHeader,
+} from "./protocol/mod.ts";
+
+/** Bytes read from a target per DATA frame. */
+export const READ_SIZE = 64 * 1024;
+/**
+ * Bookkeeping charged per queued DATA chunk on top of its length, so that a flood of tiny frames cannot hold
+ * more memory than the queue cap suggests.
+ */
+export const CHUNK_OVERHEAD = 64;
+
+/** Opens a TCP connection; `Deno.connect` in production. */
+export type Dial = (
+  options: { hostname: string; port: number; signal: AbortSignal },
+) => Promise<Deno.TcpConn>;
+
+/** Why a stream ended; stable labels for logs and metrics. */
+export type CloseReason =
+  | "client_close"
+  | "target_close"
+  | "connect_failed"
+  | "policy_denied"
+  | "socket_error"
+  | "backpressure"
+  | "rate_limited"
+  | "session_closed";
+
+/** What a stream needs from its session. */
+export interface StreamHost {
+  readonly sessionId: string;
+  readonly dial: Dial;
+  readonly connectTimeoutMs: number;
+  readonly streamQueueBytes: number;
+  readonly sessionQueueBytes: number;
+  /** Bytes queued towards targets across the session. */
+  queuedBytes: number;
+  /** True while the WebSocket send buffer is above the high watermark. */
+  readonly congested: boolean;
+  waitForDrain(): Promise<void>;
+  /** Milliseconds to wait before `n` more client bytes may go to a target (shaping). */
+  reserveUplink(n: number): number;
+  sendFrame(frame: Uint8Array): void;
+  sendError(connectionId: number, code: ErrorCode, message: string): void;
+  /** Called once when the stream has finished. */
+  streamFinished(stream: TcpStream): void;
+  countToTarget(n: number): void;
+  countFromTarget(n: number): void;
+}
+
+const logger = getLogger(["aero-net-proxy", "stream"]);
+
+function describe(err: unknown): string {
+  return err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+}
+
+/** Maps a failed `Deno.connect` to the ERROR code and reason the client gets. */
+export function connectErrorCode(err: unknown): { code: ErrorCode; reason: CloseReason } {
+  if (err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied) {
+    // Deno's --deny-net sandbox refused the address: the policy's second line of defence.
+    return { code: ErrorCode.POLICY_DENIED, reason: "policy_denied" };
+  }
+  return { code: ErrorCode.CONNECT_FAILED, reason: "connect_failed" };
+}
+
+/** One TCP stream of a session. */
+export class TcpStream {
+  readonly id: number;
+  readonly destination: string;
+  readonly #host: StreamHost;
+  readonly #hostname: string;
+  readonly #port: number;
+  readonly #dialAbort = new AbortController();
+  readonly #startedAt = performance.now();
+  #conn: Deno.TcpConn | undefined;
+  #task: Promise<void> | undefined;
+
+  // Client -> target queue: chunks from #head on are pending; #queued counts their bytes plus overhead.
+  #chunks: Uint8Array[] = [];
+  #head = 0;
+  #queued = 0;
+  #wakeWriter: (() => void) | undefined;
+  #sleepTimer: ReturnType<typeof setTimeout> | undefined;
+  #throttled = false;
+
+  #clientClosed = false;
+  #closed = false;
+  #connectMs: number | undefined;
+  bytesToTarget = 0;
+  bytesFromTarget = 0;
+
+  constructor(host: StreamHost, id: number, ip: readonly number[], port: number) {
+    this.#host = host;
+    this.id = id;
+    this.#hostname = ip.join(".");
+    this.#port = port;
+    this.destination = `${this.#hostname}:${port}`;
+  }
+
+  /** Whether the stream has finished. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Starts dialing; the returned promise settles when every loop of the stream has ended. */
+  start(): Promise<void> {
+    this.#task ??= this.#run();
+    return this.#task;
+  }
+
+  async #run(): Promise<void> {
+    let conn: Deno.TcpConn;
+    try {
+      const signal = AbortSignal.any([
+        this.#dialAbort.signal,
+        AbortSignal.timeout(this.#host.connectTimeoutMs),
+      ]);
+      conn = await this.#host.dial({ hostname: this.#hostname, port: this.#port, signal });
+    } catch (err: unknown) {
+      if (this.#closed) return;
+      const timedOut = err instanceof DOMException && err.name === "TimeoutError";
+      const { code, reason } = connectErrorCode(err);
+      const detail = timedOut ? `timed out after ${this.#host.connectTimeoutMs} ms` : describe(err);
+      this.finish(reason, { code, message: `Cannot connect to ${this.destination}: ${detail}` });
+      return;
+    }
+    if (this.#closed) {
+      conn.close();
+      return;
+    }
+    this.#conn = conn;
+    this.#connectMs = performance.now() - this.#startedAt;
+    try {
+      conn.setNoDelay(true);
+    } catch {
+      // A connection reset before we got here surfaces on the first read or write instead.
+    }
+    this.#host.sendFrame(encodeOpenAck(this.id));
+    logger.debug("stream_open", () => ({
+      event: "stream_open",
+      sessionId: this.#host.sessionId,
+      streamId: this.id,
+      destination: this.destination,
+      connectMs: Math.round(this.#connectMs ?? 0),
+    }));
+    await Promise.all([this.#readLoop(conn), this.#writeLoop(conn)]);
+  }
+
+  /** Target -> client: one DATA frame per read, pausing while the WebSocket is congested. */
+  async #readLoop(conn: Deno.TcpConn): Promise<void> {
+    // The header is the same for every DATA frame of this stream: write it once, read payloads after it.
+    const frame = new Uint8Array(HEADER_SIZE + READ_SIZE);
+    writeHeader(frame, FrameType.DATA, this.id);
+    const payload = frame.subarray(HEADER_SIZE);
+    try {
+      while (!this.#closed) {
+        if (this.#host.congested) {
+          await this.#host.waitForDrain();
+          if (this.#closed) return;
+        }
+        const n = await conn.read(payload);
+        if (this.#closed) return;
+        if (n === null) {
+          this.finish("target_close");
+          return;
+        }
+        this.bytesFromTarget += n;
+        this.#host.countFromTarget(n);
+        // WebSocket.send copies the bytes, so the buffer is free for the next read at once.
+        this.#host.sendFrame(frame.subarray(0, HEADER_SIZE + n));
+      }
+    } catch (err: unknown) {
+      if (this.#closed) return;
+      this.finish("socket_error", {
+        code: ErrorCode.SOCKET_ERROR,
+        message: `Cannot read from ${this.destination}: ${describe(err)}`,
+      });
+    }
+  }
+
+  /** Client -> target: write queued chunks in order; after a client CLOSE, flush then finish. */
+  async #writeLoop(conn: Deno.TcpConn): Promise<void> {
+    try {
+      while (!this.#closed) {
+        const chunk = this.#chunks[this.#head];
+        if (chunk === undefined) {
+          if (this.#clientClosed) {
+            this.finish("client_close");
+            return;
+          }
+          await new Promise<void>((resolve) => this.#wakeWriter = resolve);
+          continue;
+        }
+        const wait = this.#host.reserveUplink(chunk.byteLength);
+        if (wait > 0) {
+          this.#throttled = true;
+          await this.#sleep(wait);
+          this.#throttled = false;
+          if (this.#closed) return;
+        }
+        for (let offset = 0; offset < chunk.byteLength;) {
+          offset += await conn.write(chunk.subarray(offset));
+        }
+        this.#chunks[this.#head++] = undefined as unknown as Uint8Array;
+        if (this.#head === this.#chunks.length) {
+          this.#chunks = [];
+          this.#head = 0;
+        } else if (this.#head > 1024 && this.#head * 2 > this.#chunks.length) {
+          this.#chunks = this.#chunks.slice(this.#head);
+          this.#head = 0;
+        }
+        const charged = chunk.byteLength + CHUNK_OVERHEAD;
+        this.#queued -= charged;
+        this.#host.queuedBytes -= charged;
+        this.bytesToTarget += chunk.byteLength;
+        this.#host.countToTarget(chunk.byteLength);
+      }
+    } catch (err: unknown) {
+      if (this.#closed) return;
+      this.finish("socket_error", {
+        code: ErrorCode.SOCKET_ERROR,
+        message: `Cannot write to ${this.destination}: ${describe(err)}`,
+      });
+    }
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.#wakeWriter = resolve;
+      this.#sleepTimer = setTimeout(() => {
+        this.#sleepTimer = undefined;
+        resolve();
+      }, ms);
+    });
+  }
+
+  /**
+   * Queues client bytes for the target. Past the stream's or the session's cap, the stream gets ERROR 8
+   * (or ERROR 4 when it is the rate limit, not the target, that holds the queue back) and finishes.
+   * @param data a view of the received message; kept, not copied
+   */
+  enqueue(data: Uint8Array): void {
+    if (this.#closed || this.#clientClosed || data.byteLength === 0) return;
+    const charged = data.byteLength + CHUNK_OVERHEAD;
+    if (
+      this.#queued + charged > this.#host.streamQueueBytes ||
+      this.#host.queuedBytes + charged > this.#host.sessionQueueBytes
+    ) {
+      const which = this.#queued + charged > this.#host.streamQueueBytes ? "stream" : "session";
+      if (this.#throttled) {
+        this.finish("rate_limited", {
+          code: ErrorCode.RATE_LIMITED,
+          message:
+            `Client data for ${this.destination} exceeds the session's byte rate and the ${which} queue is full`,
+        });
+      } else {
+        this.finish("backpressure", {
+          code: ErrorCode.BACKPRESSURE,
+          message: `Target ${this.destination} is not reading fast enough: the ${which} queue is full`,
+        });
+      }
+      return;
+    }
+    this.#chunks.push(data);
+    this.#queued += charged;
+    this.#host.queuedBytes += charged;
+    if (!this.#throttled) this.#wake();
+  }
+
+  /** The client sent CLOSE: flush what is queued, close the socket, answer CLOSE. */
+  clientClose(): void {
+    if (this.#closed || this.#clientClosed) return;
+    this.#clientClosed = true;
+    // Before the connection exists the writer is not running; it sees the flag once connected.
+    if (this.#conn !== undefined && !this.#throttled) this.#wake();
+  }
+
+  #wake(): void {
+    const wake = this.#wakeWriter;
+    this.#wakeWriter = undefined;
+    wake?.();
+  }
+
+  /**
+   * Ends the stream exactly once: optional ERROR, then CLOSE (unless the session is gone), socket closed,
+   * queue released.
+   */
+  finish(reason: CloseReason, error?: { code: ErrorCode; message: string }): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const sessionGone = reason === "session_closed";
+    if (!sessionGone) {
+      if (error !== undefined) this.#host.sendError(this.id, error.code, error.message);
+      this.#host.sendFrame(encodeClose(this.id));
+    }
+    this.#dialAbort.abort();
+    try {
+      this.#conn?.close();
+    } catch {
+      // Already closed by the peer or the runtime.
+    }
+    if (this.#sleepTimer !== undefined) clearTimeout(this.#sleepTimer);
+    this.#sleepTimer = undefined;
+    this.#host.queuedBytes -= this.#queued;
+    this.#queued = 0;
+    this.#chunks = [];
+    this.#head = 0;
+    this.#wake();
+    this.#host.streamFinished(this);
+    const fields = {
+      event: "stream_close",
+      sessionId: this.#host.sessionId,
+      streamId: this.id,
+      destination: this.destination,
+      reason,
+      connectMs: this.#connectMs === undefined ? null : Math.round(this.#connectMs),
+      durationMs: Math.round(performance.now() - this.#startedAt),
+      bytesToTarget: this.bytesToTarget,
+      bytesFromTarget: this.bytesFromTarget,
+      ...(error === undefined ? {} : { errorCode: error.code, error: error.message }),
+    };
+    logger.info("stream_close", fields);
+  }
+}

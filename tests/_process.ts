@@ -1,0 +1,124 @@
+/**
+ * Runs the relay as a subprocess through the real `deno task start` command line, with the network permission
+ * narrowed to loopback so that nothing a test does can leave the machine.
+ * @module
+ */
+import denoJson from "../deno.json" with { type: "json" };
+
+/** The `start` task's words with `--allow-net` narrowed to 127.0.0.0/8 and `deno` replaced by this binary. */
+export function startCommand(task: "start" = "start"): { cmd: string; args: string[] } {
+  const words = denoJson.tasks[task].split(/\s+/).map((w) => w.replaceAll("'", ""));
+  const [program, ...rest] = words;
+  if (program !== "deno") {
+    throw new Error(`The ${task} task does not start with deno: ${denoJson.tasks[task]}`);
+  }
+  const args = rest.map((w) => (w === "--allow-net" ? "--allow-net=127.0.0.0/8" : w));
+  return { cmd: Deno.execPath(), args };
+}
+
+export interface RelayProcess extends AsyncDisposable {
+  readonly pid: number;
+  readonly port: number;
+  /** JSON log lines read from stdout so far. */
+  readonly logs: Record<string, unknown>[];
+  /** Everything written to stderr so far. */
+  stderr(): string;
+  kill(signal?: Deno.Signal): void;
+  readonly status: Promise<Deno.CommandStatus>;
+}
+
+/** Everything a finished process printed. */
+export interface Finished {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Runs the start command to completion (for --help, --version and bad configuration). */
+export async function runToEnd(env: Record<string, string>, args: string[] = []): Promise<Finished> {
+  const { cmd, args: base } = startCommand();
+  const output = await new Deno.Command(cmd, {
+    args: [...base, ...args],
+    env: { NO_COLOR: "1", ...env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decoder = new TextDecoder();
+  return { code: output.code, stdout: decoder.decode(output.stdout), stderr: decoder.decode(output.stderr) };
+}
+
+/** Starts the relay and resolves once it logged `listening`. */
+export async function spawnRelay(env: Record<string, string>, args: string[] = []): Promise<RelayProcess> {
+  const { cmd, args: base } = startCommand();
+  const child = new Deno.Command(cmd, {
+    args: [...base, ...args],
+    env: { NO_COLOR: "1", AERO_PROXY_PORT: "0", ...env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const logs: Record<string, unknown>[] = [];
+  let stderrText = "";
+  const { promise: listening, resolve, reject } = Promise.withResolvers<number>();
+  const readStdout = (async () => {
+    let carry = "";
+    for await (const text of child.stdout.pipeThrough(new TextDecoderStream())) {
+      carry += text;
+      let newline;
+      while ((newline = carry.indexOf("\n")) >= 0) {
+        const line = carry.slice(0, newline);
+        carry = carry.slice(newline + 1);
+        try {
+          const record = JSON.parse(line) as Record<string, unknown>;
+          logs.push(record);
+          const props = record.properties as Record<string, unknown> | undefined;
+          if (props?.event === "listening") resolve(props.port as number);
+        } catch { /* not JSON */ }
+      }
+    }
+  })();
+  const readStderr = (async () => {
+    for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) stderrText += text;
+  })();
+  const status = child.status.then(async (s) => {
+    await Promise.all([readStdout, readStderr]);
+    reject(new Error(`Relay exited with ${s.code} before listening: ${stderrText}`));
+    return s;
+  });
+  const timer = setTimeout(() => reject(new Error("Relay did not start within 20 s")), 20_000);
+  let port: number;
+  try {
+    port = await listening;
+  } catch (err) {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* exited */ }
+    await status;
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+  let killed = false;
+  const kill = (signal: Deno.Signal = "SIGTERM") => {
+    try {
+      child.kill(signal);
+      killed = true;
+    } catch { /* already exited */ }
+  };
+  const relay: RelayProcess = {
+    pid: child.pid,
+    port,
+    logs,
+    stderr: () => stderrText,
+    status,
+    kill,
+    async [Symbol.asyncDispose]() {
+      if (!killed) kill("SIGTERM");
+      const timeout = setTimeout(() => kill("SIGKILL"), 5000);
+      await status;
+      clearTimeout(timeout);
+    },
+  };
+  return relay;
+}

@@ -1,0 +1,154 @@
+/**
+ * A minimal WebSocket client over a raw TCP socket (RFC 6455, client side). Tests use it where a browser-like
+ * client is not enough: to stop reading the socket entirely, or to vanish without a closing handshake.
+ * @module
+ */
+import { concat } from "./_util.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export interface RawFrame {
+  readonly opcode: number;
+  readonly payload: Uint8Array;
+}
+
+export class RawWebSocket implements AsyncDisposable {
+  readonly conn: Deno.TcpConn;
+  #buffer: Uint8Array = new Uint8Array(0);
+  #closed = false;
+
+  private constructor(conn: Deno.TcpConn) {
+    this.conn = conn;
+  }
+
+  /** Connects and performs the opening handshake; rejects unless the server answers 101. */
+  static async connect(
+    port: number,
+    pathAndQuery: string,
+    headers: Record<string, string> = {},
+  ): Promise<RawWebSocket> {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    const ws = new RawWebSocket(conn);
+    try {
+      const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
+      const lines = [
+        `GET ${pathAndQuery} HTTP/1.1`,
+        `Host: 127.0.0.1:${port}`,
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        `Sec-WebSocket-Key: ${key}`,
+        "Sec-WebSocket-Version: 13",
+        ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
+        "",
+        "",
+      ];
+      await ws.#writeAll(encoder.encode(lines.join("\r\n")));
+      const head = await ws.#readHead();
+      const status = head.split("\r\n")[0] ?? "";
+      if (!/^HTTP\/1\.1 101 /.test(status)) throw new Error(`Upgrade refused: ${status}`);
+      return ws;
+    } catch (err) {
+      ws.abort();
+      throw err;
+    }
+  }
+
+  async #fill(): Promise<boolean> {
+    const chunk = new Uint8Array(256 * 1024);
+    const n = await this.conn.read(chunk);
+    if (n === null) return false;
+    this.#buffer = this.#buffer.byteLength === 0
+      ? chunk.subarray(0, n)
+      : concat([this.#buffer, chunk.subarray(0, n)]);
+    return true;
+  }
+
+  async #readHead(): Promise<string> {
+    for (;;) {
+      const text = decoder.decode(this.#buffer);
+      const end = text.indexOf("\r\n\r\n");
+      if (end >= 0) {
+        this.#buffer = this.#buffer.subarray(encoder.encode(text.slice(0, end + 4)).byteLength);
+        return text.slice(0, end);
+      }
+      if (!(await this.#fill())) throw new Error("Connection closed during the handshake");
+    }
+  }
+
+  async #writeAll(bytes: Uint8Array): Promise<void> {
+    for (let off = 0; off < bytes.byteLength;) off += await this.conn.write(bytes.subarray(off));
+  }
+
+  /** Sends one masked frame (binary by default). */
+  send(payload: Uint8Array, opcode = 0x2): Promise<void> {
+    const length = payload.byteLength;
+    const extra = length < 126 ? 0 : length < 65536 ? 2 : 8;
+    const frame = new Uint8Array(2 + extra + 4 + length);
+    frame[0] = 0x80 | opcode;
+    const view = new DataView(frame.buffer);
+    if (extra === 0) frame[1] = 0x80 | length;
+    else if (extra === 2) {
+      frame[1] = 0x80 | 126;
+      view.setUint16(2, length);
+    } else {
+      frame[1] = 0x80 | 127;
+      view.setBigUint64(2, BigInt(length));
+    }
+    const mask = crypto.getRandomValues(new Uint8Array(4));
+    frame.set(mask, 2 + extra);
+    const body = 2 + extra + 4;
+    for (let i = 0; i < length; i++) frame[body + i] = payload[i]! ^ mask[i & 3]!;
+    return this.#writeAll(frame);
+  }
+
+  /** Reads the next complete frame; `null` when the connection ended. Answers pings. */
+  async read(): Promise<RawFrame | null> {
+    for (;;) {
+      const frame = this.#parse();
+      if (frame !== undefined) {
+        if (frame.opcode === 0x9) {
+          await this.send(frame.payload, 0xa);
+          continue;
+        }
+        return frame;
+      }
+      if (this.#closed || !(await this.#fill())) return null;
+    }
+  }
+
+  #parse(): RawFrame | undefined {
+    const b = this.#buffer;
+    if (b.byteLength < 2) return undefined;
+    let length = b[1]! & 0x7f;
+    let offset = 2;
+    const view = new DataView(b.buffer, b.byteOffset, b.byteLength);
+    if (length === 126) {
+      if (b.byteLength < 4) return undefined;
+      length = view.getUint16(2);
+      offset = 4;
+    } else if (length === 127) {
+      if (b.byteLength < 10) return undefined;
+      length = Number(view.getBigUint64(2));
+      offset = 10;
+    }
+    if (b.byteLength < offset + length) return undefined;
+    const frame = { opcode: b[0]! & 0x0f, payload: b.slice(offset, offset + length) };
+    this.#buffer = b.subarray(offset + length);
+    return frame;
+  }
+
+  /** Drops the TCP connection without a closing handshake (a client that vanished). */
+  abort(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.conn.close();
+    } catch { /* already closed */ }
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    this.abort();
+    return Promise.resolve();
+  }
+}

@@ -1,0 +1,112 @@
+import assert from "node:assert/strict";
+import { ConfigError, defaultConfig, helpText, OPTIONS, parseCommand, parsePortList } from "../src/config.ts";
+
+function config(env: Record<string, string>, args: string[] = []) {
+  const command = parseCommand(env, args);
+  assert.equal(command.kind, "run");
+  return command.kind === "run" ? command.config : assert.fail("unreachable");
+}
+
+function problem(env: Record<string, string>, args: string[] = []): string {
+  try {
+    parseCommand(env, args);
+  } catch (err: unknown) {
+    assert.ok(err instanceof ConfigError);
+    return err.message;
+  }
+  return assert.fail("expected a ConfigError");
+}
+
+Deno.test({ name: "parseCommand() applies the documented defaults", permissions: "none" }, () => {
+  const c = defaultConfig();
+  assert.equal(c.host, "127.0.0.1");
+  assert.equal(c.port, 8080);
+  assert.deepEqual(c.authTokens, []);
+  assert.equal(c.allowPrivateIps, false);
+  assert.deepEqual(c.denyPorts, [25]);
+  assert.equal(c.maxStreamsPerSession, 1024);
+  assert.equal(c.streamQueueBytes, 1024 * 1024);
+  assert.equal(c.connectTimeoutMs, 10_000);
+  assert.ok(Object.isFrozen(c));
+});
+
+Deno.test({ name: "parseCommand() reads the environment and lets flags win", permissions: "none" }, () => {
+  const c = config(
+    {
+      AERO_PROXY_PORT: "9000",
+      AERO_PROXY_HOST: "0.0.0.0",
+      AERO_PROXY_AUTH_TOKEN: "a, b",
+      AERO_PROXY_ALLOW_PRIVATE_IPS: "1",
+    },
+    ["--port=9100"],
+  );
+  assert.equal(c.port, 9100);
+  assert.equal(c.host, "0.0.0.0");
+  assert.deepEqual(c.authTokens, ["a", "b"]);
+  assert.equal(c.allowPrivateIps, true);
+  assert.equal(config({ AERO_PROXY_ALLOW_PRIVATE_IPS: "false" }).allowPrivateIps, false);
+  assert.deepEqual(config({ AERO_PROXY_DENY_PORTS: "25, 465-467" }).denyPorts, [25, 465, 466, 467]);
+  assert.deepEqual(config({ AERO_PROXY_DENY_PORTS: "" }).denyPorts, []);
+});
+
+Deno.test({
+  name: "parseCommand() names the variable and the accepted values for bad input",
+  permissions: "none",
+}, async (t) => {
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ AERO_PROXY_PORT: "abc" }, /^AERO_PROXY_PORT must be an integer from 0 to 65535, got "abc"$/],
+    [{ AERO_PROXY_PORT: "65536" }, /AERO_PROXY_PORT must be an integer/],
+    [
+      { AERO_PROXY_ALLOW_PRIVATE_IPS: "maybe" },
+      /^AERO_PROXY_ALLOW_PRIVATE_IPS must be 1 or 0 \(true or false\), got "maybe"$/,
+    ],
+    [
+      { AERO_PROXY_MAX_STREAMS_PER_SESSION: "-1" },
+      /AERO_PROXY_MAX_STREAMS_PER_SESSION must be a positive integer, got "-1"/,
+    ],
+    [{ AERO_PROXY_CONNECT_TIMEOUT_MS: "0" }, /AERO_PROXY_CONNECT_TIMEOUT_MS must be a positive integer/],
+    [{ AERO_PROXY_OPEN_RATE: "1.5" }, /AERO_PROXY_OPEN_RATE must be a non-negative integer/],
+    [{ AERO_PROXY_ALLOW_CIDRS: "10.0.0.0/33" }, /AERO_PROXY_ALLOW_CIDRS must be comma-separated IPv4 CIDRs/],
+    [{ AERO_PROXY_DENY_PORTS: "0" }, /AERO_PROXY_DENY_PORTS must be comma-separated ports/],
+    [{ AERO_PROXY_LOG_LEVEL: "loud" }, /AERO_PROXY_LOG_LEVEL must be one of trace, debug/],
+    [{ AERO_PROXY_AUTH_TOKEN: "has space" }, /AERO_PROXY_AUTH_TOKEN must contain only printable ASCII/],
+    [
+      { AERO_PROXY_WS_LOW_WATERMARK: "10", AERO_PROXY_WS_HIGH_WATERMARK: "5" },
+      /LOW_WATERMARK must not exceed/,
+    ],
+  ];
+  for (const [env, pattern] of cases) {
+    await t.step(JSON.stringify(env), () => assert.match(problem(env), pattern));
+  }
+  await t.step("every problem is listed", () => {
+    const message = problem({ AERO_PROXY_PORT: "x", AERO_PROXY_HOST: " " });
+    assert.match(message, /AERO_PROXY_HOST/);
+    assert.match(message, /AERO_PROXY_PORT/);
+  });
+  await t.step(
+    "a bad flag is named as a flag",
+    () => assert.match(problem({}, ["--port=x"]), /^--port must be/),
+  );
+  await t.step("an unknown flag", () => assert.match(problem({}, ["--nope"]), /nope/));
+});
+
+Deno.test({ name: "--help lists every option with its variable and default", permissions: "none" }, () => {
+  assert.deepEqual(parseCommand({}, ["--help"]), { kind: "help" });
+  assert.deepEqual(parseCommand({}, ["--version"]), { kind: "version" });
+  const help = helpText();
+  for (const option of OPTIONS) {
+    assert.ok(help.includes(`--${option.flag}=`), option.flag);
+    assert.ok(help.includes(option.env), option.env);
+  }
+});
+
+Deno.test(
+  { name: "parsePortList() accepts ports and ranges and refuses the rest", permissions: "none" },
+  () => {
+    assert.deepEqual(parsePortList("80,443,8000-8002"), [80, 443, 8000, 8001, 8002]);
+    assert.deepEqual(parsePortList(" "), []);
+    assert.equal(parsePortList("9-1"), undefined);
+    assert.equal(parsePortList("1-2-3"), undefined);
+    assert.equal(parsePortList("http"), undefined);
+  },
+);
