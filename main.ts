@@ -23,10 +23,29 @@ function fail(message: string): never {
   Deno.exit(EXIT_USAGE);
 }
 
+/**
+ * Under `start:sandboxed` Deno itself refuses the special ranges; an operator who also allows some of them in the
+ * policy should hear that the sandbox wins.
+ */
+function warnAboutSandbox(config: Config, logger: ReturnType<typeof getLogger>): void {
+  const probes = config.allowPrivateIps ? ["10.0.0.1", "192.168.0.1", "169.254.169.254"] : [];
+  probes.push(...config.allowCidrs.map((cidr) => cidr.split("/")[0]!));
+  const denied = probes.filter((host) =>
+    Deno.permissions.querySync({ name: "net", host }).state === "denied"
+  );
+  if (denied.length > 0) {
+    logger.warn("config_warning", {
+      event: "config_warning",
+      reason: `Deno's --deny-net sandbox refuses ${denied.join(", ")} although the policy allows them; ` +
+        "such OPENs get ERROR 3 (use deno task start instead of start:sandboxed to lift it)",
+    });
+  }
+}
+
 async function main(): Promise<void> {
   let command;
   try {
-    command = parseCommand(readEnv(), Deno.args);
+    command = parseCommand(readEnv(), Deno.args, { readFile: (path) => Deno.readTextFileSync(path) });
   } catch (err: unknown) {
     if (err instanceof ConfigError) fail(`invalid configuration: ${err.message} (see --help)`);
     throw err;
@@ -59,6 +78,10 @@ async function main(): Promise<void> {
     ],
   });
   const logger = getLogger(["aero-net-proxy", "main"]);
+  for (const warning of command.warnings) {
+    logger.warn("config_warning", { event: "config_warning", reason: warning });
+  }
+  warnAboutSandbox(config, logger);
 
   let running;
   try {

@@ -26,13 +26,30 @@ export class TokenSet {
   }
 }
 
-/** The token a request carries: `?token=` on the URL, else `Authorization: Bearer`. */
+/** The non-secret subprotocol the relay selects; a browser client offers it beside its token. */
+export const MUX_SUBPROTOCOL = "aero-tcp-mux-v1";
+/** Prefix of the subprotocol entry that carries the token: `aero-token.<token>`. */
+export const TOKEN_SUBPROTOCOL_PREFIX = "aero-token.";
+
+/** The subprotocols a WebSocket request offers, in order. */
+export function offeredSubprotocols(headers: Headers): string[] {
+  const header = headers.get("sec-websocket-protocol");
+  return header === null ? [] : header.split(",").map((p) => p.trim()).filter((p) => p !== "");
+}
+
+/**
+ * The token a request carries: `?token=` on the URL, else `Authorization: Bearer`, else a subprotocol entry
+ * `aero-token.<token>` (browsers cannot set headers; this keeps the token out of URLs and access logs).
+ */
 export function tokenFromRequest(url: URL, headers: Headers): string | undefined {
   const fromQuery = url.searchParams.get("token");
   if (fromQuery !== null && fromQuery !== "") return fromQuery;
   const authorization = headers.get("authorization");
   const match = authorization === null ? null : /^Bearer[ ]+(\S+)\s*$/i.exec(authorization);
-  return match?.[1];
+  if (match?.[1] !== undefined) return match[1];
+  const offered = offeredSubprotocols(headers).find((p) => p.startsWith(TOKEN_SUBPROTOCOL_PREFIX));
+  const fromProtocol = offered?.slice(TOKEN_SUBPROTOCOL_PREFIX.length);
+  return fromProtocol === "" ? undefined : fromProtocol;
 }
 
 /** A random token: 32 bytes, base64url. */

@@ -16,6 +16,16 @@ export interface Config {
   readonly port: number;
   /** Accepted tokens; empty means "generate one at startup". */
   readonly authTokens: readonly string[];
+  /** File holding the token(s), one a line (Docker/Kubernetes secrets); read once at startup. */
+  readonly authTokenFile: string;
+  readonly allowWeakToken: boolean;
+  /** Browser origins allowed to open sessions; `["*"]` allows any. */
+  readonly allowedOrigins: readonly string[];
+  readonly maxSessions: number;
+  readonly maxSessionsPerIp: number;
+  readonly maxUrlLength: number;
+  /** Believe `X-Forwarded-For` for the client IP (only behind a trusted reverse proxy). */
+  readonly trustProxy: boolean;
   readonly allowPrivateIps: boolean;
   readonly allowCidrs: readonly string[];
   readonly denyCidrs: readonly string[];
@@ -26,17 +36,40 @@ export interface Config {
   /** OPEN frames per second per session; 0 means unlimited. */
   readonly openRate: number;
   readonly openBurst: number;
+  /** How long an OPEN over the rate may wait for its turn before it is refused. */
+  readonly openQueueMs: number;
   /** Client-to-target bytes per second per session; 0 means unlimited. */
   readonly clientBytesPerSec: number;
+  /** Target-to-client bytes per second per session; 0 means unlimited. */
+  readonly targetBytesPerSec: number;
+  /** Largest WebSocket message accepted, header included. */
+  readonly maxFrameBytes: number;
   readonly streamQueueBytes: number;
   readonly sessionQueueBytes: number;
   readonly connectTimeoutMs: number;
+  /** A stream with no traffic for this long is closed; 0 = never. */
+  readonly streamIdleMs: number;
+  /** A session without streams for this long is closed; 0 = never. */
+  readonly sessionIdleMs: number;
+  /** WebSocket ping interval and pong deadline in seconds; 0 = off. */
+  readonly wsKeepaliveS: number;
   readonly wsHighWatermark: number;
   readonly wsLowWatermark: number;
   readonly logLevel: LogLevel;
 }
 
-type Kind = "host" | "port" | "tokens" | "bool" | "cidrs" | "ports" | "count" | "rate" | "level";
+type Kind =
+  | "host"
+  | "port"
+  | "tokens"
+  | "path"
+  | "origins"
+  | "bool"
+  | "cidrs"
+  | "ports"
+  | "count"
+  | "rate"
+  | "level";
 
 /** One configuration option: its environment variable, its flag, its default and its meaning. */
 export interface OptionSpec {
@@ -78,6 +111,65 @@ export const OPTIONS: readonly OptionSpec[] = [
     default: "",
     description:
       "Accepted token(s), comma-separated; unset: a random token is generated and printed at startup",
+  },
+  {
+    key: "authTokenFile",
+    env: "AERO_PROXY_AUTH_TOKEN_FILE",
+    flag: "auth-token-file",
+    kind: "path",
+    default: "",
+    description:
+      "File with the token(s), one per line (Docker/Kubernetes secrets); excludes AERO_PROXY_AUTH_TOKEN",
+  },
+  {
+    key: "allowWeakToken",
+    env: "AERO_PROXY_ALLOW_WEAK_TOKEN",
+    flag: "allow-weak-token",
+    kind: "bool",
+    default: "0",
+    description: "1 accepts tokens shorter than 16 bytes on a non-loopback listener",
+  },
+  {
+    key: "allowedOrigins",
+    env: "AERO_PROXY_ALLOWED_ORIGINS",
+    flag: "allowed-origins",
+    kind: "origins",
+    default: "*",
+    description:
+      "Browser origins allowed to connect, comma-separated (* = any); requests without Origin are allowed",
+  },
+  {
+    key: "maxSessions",
+    env: "AERO_PROXY_MAX_SESSIONS",
+    flag: "max-sessions",
+    kind: "count",
+    default: "10000",
+    description: "Concurrent WebSocket sessions in total (over: HTTP 503)",
+  },
+  {
+    key: "maxSessionsPerIp",
+    env: "AERO_PROXY_MAX_SESSIONS_PER_IP",
+    flag: "max-sessions-per-ip",
+    kind: "count",
+    default: "256",
+    description: "Concurrent WebSocket sessions per client IP (over: HTTP 429)",
+  },
+  {
+    key: "maxUrlLength",
+    env: "AERO_PROXY_MAX_URL_LENGTH",
+    flag: "max-url-length",
+    kind: "count",
+    default: "4096",
+    description: "Longest request URL accepted (over: HTTP 414)",
+  },
+  {
+    key: "trustProxy",
+    env: "AERO_PROXY_TRUST_PROXY",
+    flag: "trust-proxy",
+    kind: "bool",
+    default: "0",
+    description:
+      "1 takes the client IP from the last X-Forwarded-For entry (only behind your own reverse proxy)",
   },
   {
     key: "allowPrivateIps",
@@ -144,12 +236,36 @@ export const OPTIONS: readonly OptionSpec[] = [
     description: "OPENs a session may make at once before the rate applies",
   },
   {
+    key: "openQueueMs",
+    env: "AERO_PROXY_OPEN_QUEUE_MS",
+    flag: "open-queue-ms",
+    kind: "rate",
+    default: "2000",
+    description: "How long an OPEN over the rate waits for its turn before ERROR 4 (0 = refuse at once)",
+  },
+  {
     key: "clientBytesPerSec",
     env: "AERO_PROXY_CLIENT_BYTES_PER_SEC",
     flag: "client-bytes-per-sec",
     kind: "rate",
     default: String(16 * MIB),
     description: "Client-to-target bytes per second per session, shaped (0 = unlimited)",
+  },
+  {
+    key: "targetBytesPerSec",
+    env: "AERO_PROXY_TARGET_BYTES_PER_SEC",
+    flag: "target-bytes-per-sec",
+    kind: "rate",
+    default: "0",
+    description: "Target-to-client bytes per second per session, shaped by delaying reads (0 = unlimited)",
+  },
+  {
+    key: "maxFrameBytes",
+    env: "AERO_PROXY_MAX_FRAME_BYTES",
+    flag: "max-frame-bytes",
+    kind: "count",
+    default: String(2 * MIB),
+    description: "Largest WebSocket message accepted, header included (over: ERROR 5 on id 0, close 1009)",
   },
   {
     key: "streamQueueBytes",
@@ -174,6 +290,30 @@ export const OPTIONS: readonly OptionSpec[] = [
     kind: "count",
     default: "10000",
     description: "TCP connect timeout; on expiry the stream gets ERROR 6",
+  },
+  {
+    key: "streamIdleMs",
+    env: "AERO_PROXY_STREAM_IDLE_MS",
+    flag: "stream-idle-ms",
+    kind: "rate",
+    default: "3600000",
+    description: "Close a stream with no traffic either way for this long (0 = never)",
+  },
+  {
+    key: "sessionIdleMs",
+    env: "AERO_PROXY_SESSION_IDLE_MS",
+    flag: "session-idle-ms",
+    kind: "rate",
+    default: "900000",
+    description: "Close a session that has had no streams for this long (0 = never)",
+  },
+  {
+    key: "wsKeepaliveS",
+    env: "AERO_PROXY_WS_KEEPALIVE_S",
+    flag: "ws-keepalive-s",
+    kind: "rate",
+    default: "30",
+    description: "WebSocket ping interval; a peer that does not answer in time is dropped (0 = off)",
   },
   {
     key: "wsHighWatermark",
@@ -211,8 +351,25 @@ export class ConfigError extends Error {
   }
 }
 
-/** What the command line asked for besides configuration. */
-export type Command = { kind: "run"; config: Config } | { kind: "help" } | { kind: "version" };
+/** What the command line asked for. `warnings` are for the log: legal but worth an operator's attention. */
+export type Command =
+  | { kind: "run"; config: Config; warnings: readonly string[] }
+  | { kind: "help" }
+  | { kind: "version" };
+
+/** What parsing may need from the outside world; injected so that parsing stays pure. */
+export interface ParseOptions {
+  /** Reads a text file (for `AERO_PROXY_AUTH_TOKEN_FILE`). */
+  readonly readFile?: (path: string) => string;
+}
+
+/** Tokens shorter than this many bytes are weak. */
+export const MIN_TOKEN_BYTES = 16;
+
+/** Whether `host` only accepts connections from this machine. */
+export function isLoopbackHost(host: string): boolean {
+  return host === "localhost" || host === "::1" || host === "[::1]" || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
 
 const DIGITS = /^[0-9]+$/;
 const TOKEN_CHARS = /^[\x21-\x7e]+$/;
@@ -262,6 +419,24 @@ function convert(spec: OptionSpec, text: string): { value: unknown } | { problem
         return { problem: `${spec.env} must contain only printable ASCII characters without spaces` };
       }
       return { value: tokens };
+    }
+    case "path":
+      return { value: text.trim() };
+    case "origins": {
+      const origins = splitList(text);
+      for (const origin of origins) {
+        if (origin === "*") continue;
+        let parsed: URL | undefined;
+        try {
+          parsed = new URL(origin);
+        } catch { /* reported below */ }
+        if (parsed === undefined || parsed.origin !== origin) {
+          return bad(
+            "* or comma-separated origins such as https://app.example.com (scheme, host, optional port)",
+          );
+        }
+      }
+      return { value: origins.length === 0 ? ["*"] : origins };
     }
     case "bool": {
       const lower = text.trim().toLowerCase();
@@ -314,6 +489,7 @@ export const ENV_NAMES: readonly string[] = OPTIONS.map((o) => o.env);
 export function parseCommand(
   env: Readonly<Record<string, string | undefined>>,
   args: readonly string[],
+  options: ParseOptions = {},
 ): Command {
   let parsed;
   try {
@@ -354,8 +530,64 @@ export function parseCommand(
   if (problems.length === 0 && (values.streamQueueBytes as number) > (values.sessionQueueBytes as number)) {
     problems.push("AERO_PROXY_STREAM_QUEUE_BYTES must not exceed AERO_PROXY_SESSION_QUEUE_BYTES");
   }
+  const warnings: string[] = [];
+  if (problems.length === 0) checkTokens(values, problems, warnings, options);
   if (problems.length > 0) throw new ConfigError(problems);
-  return { kind: "run", config: Object.freeze(values as unknown as Config) };
+  return { kind: "run", config: Object.freeze(values as unknown as Config), warnings };
+}
+
+const encoder = new TextEncoder();
+
+/** Resolves the token file and refuses weak tokens where they could be guessed from the network. */
+function checkTokens(
+  values: Record<string, unknown>,
+  problems: string[],
+  warnings: string[],
+  options: ParseOptions,
+) {
+  const file = values.authTokenFile as string;
+  if (file !== "") {
+    if ((values.authTokens as string[]).length > 0) {
+      problems.push("Set AERO_PROXY_AUTH_TOKEN or AERO_PROXY_AUTH_TOKEN_FILE, not both");
+      return;
+    }
+    let text: string;
+    try {
+      if (options.readFile === undefined) throw new Error("reading files is not available here");
+      text = options.readFile(file);
+    } catch (err: unknown) {
+      problems.push(
+        `AERO_PROXY_AUTH_TOKEN_FILE ${JSON.stringify(file)} cannot be read: ${
+          err instanceof Error ? err.message : err
+        }`,
+      );
+      return;
+    }
+    const tokens = text.split(/[\r\n,]+/).map((t) => t.trim()).filter((t) => t !== "");
+    if (tokens.length === 0 || !tokens.every((t) => TOKEN_CHARS.test(t))) {
+      problems.push(
+        `AERO_PROXY_AUTH_TOKEN_FILE ${
+          JSON.stringify(file)
+        } must hold one or more tokens of printable ASCII, one a line`,
+      );
+      return;
+    }
+    values.authTokens = tokens;
+  }
+  const weak = (values.authTokens as string[]).filter((t) => encoder.encode(t).byteLength < MIN_TOKEN_BYTES);
+  if (weak.length === 0 || values.allowWeakToken === true) return;
+  const host = values.host as string;
+  const what = `${
+    weak.length === 1 ? "a token is" : `${weak.length} tokens are`
+  } shorter than ${MIN_TOKEN_BYTES} bytes`;
+  if (isLoopbackHost(host)) {
+    warnings.push(`Weak token: ${what}; accepted only because the relay listens on loopback (${host})`);
+  } else {
+    problems.push(
+      `AERO_PROXY_AUTH_TOKEN: ${what}, which is refused on a listener reachable from the network (${host}); ` +
+        "use a longer token (e.g. openssl rand -hex 24) or set AERO_PROXY_ALLOW_WEAK_TOKEN=1",
+    );
+  }
 }
 
 /** The configuration with every default and the given overrides (for tests and embedding). */

@@ -20,7 +20,11 @@ export class Metrics {
   authFailures = 0;
   /** Times a stream's reader paused for the WebSocket send buffer to drain. */
   backpressurePauses = 0;
+  /** Streams ended with ERROR 8 because their target did not read fast enough. */
+  backpressureErrors = 0;
   readonly policyDenied = new Map<string, number>();
+  /** Upgrade requests refused before a session existed (other than auth), by kind. */
+  readonly rejectedUpgrades = new Map<string, number>();
   readonly rateLimited = new Map<string, number>();
   /** ERROR frames sent, by code. */
   readonly errorsSent = new Map<number, number>();

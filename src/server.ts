@@ -3,7 +3,13 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { tokenFromRequest, TokenSet } from "./auth.ts";
+import {
+  MUX_SUBPROTOCOL,
+  offeredSubprotocols,
+  TOKEN_SUBPROTOCOL_PREFIX,
+  tokenFromRequest,
+  TokenSet,
+} from "./auth.ts";
 import type { Config } from "./config.ts";
 import { Metrics } from "./metrics.ts";
 import { createPolicy } from "./policy/policy.ts";
@@ -27,13 +33,42 @@ function text(status: number, body: string, headers: Record<string, string> = {}
 }
 
 /** Turns `info.remoteAddr` into a printable client IP. */
-function clientIpOf(info: Deno.ServeHandlerInfo): string {
+function peerIpOf(info: Deno.ServeHandlerInfo): string {
   try {
     const addr = info.remoteAddr as Deno.NetAddr;
     return typeof addr.hostname === "string" ? addr.hostname : "unknown";
   } catch {
     // Deno throws here once the client has already gone away.
     return "unknown";
+  }
+}
+
+/**
+ * Lets through at most `perSecond` events a second and counts the rest, so that a flood of rejected requests
+ * cannot flood the log. The count of suppressed events is reported with the next event let through.
+ */
+class LogLimiter {
+  readonly #perSecond: number;
+  #windowStart = 0;
+  #inWindow = 0;
+  #suppressed = 0;
+  constructor(perSecond: number) {
+    this.#perSecond = perSecond;
+  }
+  /** Returns the number of events suppressed since the last one let through, or -1 to suppress this one. */
+  take(now: number): number {
+    if (now - this.#windowStart >= 1000) {
+      this.#windowStart = now;
+      this.#inWindow = 0;
+    }
+    if (this.#inWindow >= this.#perSecond) {
+      this.#suppressed++;
+      return -1;
+    }
+    this.#inWindow++;
+    const suppressed = this.#suppressed;
+    this.#suppressed = 0;
+    return suppressed;
   }
 }
 
@@ -45,6 +80,10 @@ export class Relay {
   readonly #policy;
   readonly #dial: Dial;
   readonly #sessions = new Set<Session>();
+  readonly #sessionsPerIp = new Map<string, number>();
+  readonly #allowAnyOrigin: boolean;
+  readonly #origins: ReadonlySet<string>;
+  readonly #rejectionLog = new LogLimiter(10);
 
   constructor(config: Config, deps: RelayDeps = {}) {
     this.config = config;
@@ -52,6 +91,17 @@ export class Relay {
     this.#tokens = new TokenSet(config.authTokens);
     this.#policy = createPolicy(config);
     this.#dial = deps.dial ?? ((options) => Deno.connect({ ...options, transport: "tcp" }));
+    this.#allowAnyOrigin = config.allowedOrigins.includes("*");
+    this.#origins = new Set(config.allowedOrigins);
+  }
+
+  /** The client's IP: the TCP peer, or with `trustProxy` the last `X-Forwarded-For` entry. */
+  #clientIp(request: Request, info: Deno.ServeHandlerInfo): string {
+    if (this.config.trustProxy) {
+      const forwarded = request.headers.get("x-forwarded-for")?.split(",").at(-1)?.trim();
+      if (forwarded !== undefined && forwarded !== "") return forwarded;
+    }
+    return peerIpOf(info);
   }
 
   /** Live sessions. */
@@ -59,22 +109,51 @@ export class Relay {
     return this.#sessions;
   }
 
-  /** The `Deno.serve` handler. */
+  /**
+   * The `Deno.serve` handler. Every refusal is a plain response decided from the request line and headers,
+   * before any WebSocket or session state exists.
+   */
   handler = (request: Request, info: Deno.ServeHandlerInfo): Response => {
+    if (request.url.length > this.config.maxUrlLength) {
+      return this.#refuse(request, info, 414, "url_too_long");
+    }
     const url = new URL(request.url);
     if (url.pathname !== MUX_PATH) return text(404, "Not Found");
     if (request.method !== "GET") return text(405, "Method Not Allowed", { allow: "GET" });
 
+    const origin = request.headers.get("origin");
+    if (origin !== null && !this.#allowAnyOrigin && !this.#origins.has(origin)) {
+      return this.#refuse(request, info, 403, "origin_not_allowed");
+    }
     const token = tokenFromRequest(url, request.headers);
-    if (token === undefined) return this.#authFailed(info, 401, "missing");
-    if (!this.#tokens.matches(token)) return this.#authFailed(info, 403, "invalid");
+    if (token === undefined) return this.#authFailed(request, info, 401, "missing");
+    if (!this.#tokens.matches(token)) return this.#authFailed(request, info, 403, "invalid");
 
     if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
       return text(426, "Upgrade Required: this endpoint speaks WebSocket", { upgrade: "websocket" });
     }
+    const offered = offeredSubprotocols(request.headers);
+    const tokenInProtocol = offered.some((p) => p.startsWith(TOKEN_SUBPROTOCOL_PREFIX));
+    if (tokenInProtocol && !offered.includes(MUX_SUBPROTOCOL)) {
+      // The relay never echoes the secret entry, and a browser fails a handshake that selects nothing it offered.
+      return text(400, `Bad Request: offer the "${MUX_SUBPROTOCOL}" subprotocol beside the token`);
+    }
+
+    const clientIp = this.#clientIp(request, info);
+    if (this.#sessions.size >= this.config.maxSessions) {
+      return this.#refuse(request, info, 503, "sessions_total", { "retry-after": "5" });
+    }
+    const fromIp = this.#sessionsPerIp.get(clientIp) ?? 0;
+    if (fromIp >= this.config.maxSessionsPerIp) {
+      return this.#refuse(request, info, 429, "sessions_per_ip", { "retry-after": "5" });
+    }
+
     let upgraded;
     try {
-      upgraded = Deno.upgradeWebSocket(request);
+      upgraded = Deno.upgradeWebSocket(request, {
+        idleTimeout: this.config.wsKeepaliveS,
+        ...(offered.includes(MUX_SUBPROTOCOL) ? { protocol: MUX_SUBPROTOCOL } : {}),
+      });
     } catch (err: unknown) {
       return text(400, `Bad Request: ${err instanceof Error ? err.message : "invalid WebSocket upgrade"}`);
     }
@@ -85,28 +164,65 @@ export class Relay {
       policy: this.#policy,
       metrics: this.metrics,
       dial: this.#dial,
-      clientIp: clientIpOf(info),
+      clientIp,
     });
     this.#sessions.add(session);
+    this.#sessionsPerIp.set(clientIp, fromIp + 1);
     socket.onmessage = (event) => session.handleMessage(event.data);
+    let ended = false;
     const end = (code?: number, reason?: string) => {
       // The socket is already closed here, so close() only records the code and ends the streams.
       session.close(code, reason);
+      if (ended) return;
+      ended = true;
       this.#sessions.delete(session);
+      const left = (this.#sessionsPerIp.get(clientIp) ?? 1) - 1;
+      if (left > 0) this.#sessionsPerIp.set(clientIp, left);
+      else this.#sessionsPerIp.delete(clientIp);
     };
     socket.onclose = (event) => end(event.code, event.reason === "" ? undefined : event.reason);
     socket.onerror = () => end(undefined, "WebSocket error");
     return response;
   };
 
-  #authFailed(info: Deno.ServeHandlerInfo, status: 401 | 403, why: string): Response {
+  #authFailed(request: Request, info: Deno.ServeHandlerInfo, status: 401 | 403, why: string): Response {
     this.metrics.authFailures++;
-    logger.warn("auth_failed", { event: "auth_failed", clientIp: clientIpOf(info), reason: `token ${why}` });
+    this.#logRejection("auth_failed", request, info, `token ${why}`);
     return status === 401
       ? text(401, "Unauthorized: a token is required", {
         "www-authenticate": 'Bearer realm="aero-net-proxy"',
       })
       : text(403, "Forbidden: the token is not valid");
+  }
+
+  /** Refuses an upgrade for a limit or a rule; counted by kind, logged with a flood guard. */
+  #refuse(
+    request: Request,
+    info: Deno.ServeHandlerInfo,
+    status: number,
+    kind: string,
+    headers: Record<string, string> = {},
+  ): Response {
+    Metrics.bump(this.metrics.rejectedUpgrades, kind);
+    this.#logRejection("upgrade_refused", request, info, kind);
+    const body: Record<number, string> = {
+      403: "Forbidden: this origin is not allowed",
+      414: "URI Too Long",
+      429: "Too Many Requests: too many sessions from this address",
+      503: "Service Unavailable: the relay is at its session limit",
+    };
+    return text(status, body[status] ?? "Refused", headers);
+  }
+
+  #logRejection(event: string, request: Request, info: Deno.ServeHandlerInfo, reason: string): void {
+    const suppressed = this.#rejectionLog.take(performance.now());
+    if (suppressed < 0) return;
+    logger.warn(event, {
+      event,
+      clientIp: this.#clientIp(request, info),
+      reason,
+      ...(suppressed > 0 ? { suppressedSinceLast: suppressed } : {}),
+    });
   }
 
   /** Closes every session (WebSocket code `code`) and waits until all their streams have ended. */

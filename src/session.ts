@@ -28,6 +28,10 @@ export type FrameSocket = Pick<WebSocket, "send" | "close" | "bufferedAmount" | 
 export const CLOSE_PROTOCOL_ERROR = 1002;
 /** WebSocket close code when the relay shuts down. */
 export const CLOSE_GOING_AWAY = 1001;
+/** WebSocket close code for a message over the size limit (RFC 6455, 7.4.1). */
+export const CLOSE_TOO_BIG = 1009;
+/** WebSocket close code for a normal end (used for an idle session). */
+export const CLOSE_NORMAL = 1000;
 
 /**
  * Ids of streams that ended recently. A client's DATA or CLOSE for such an id may have crossed our CLOSE on
@@ -66,6 +70,9 @@ export class Session implements StreamHost {
   readonly #tasks = new Set<Promise<void>>();
   readonly #openBucket: TokenBucket | undefined;
   readonly #uplinkBucket: TokenBucket | undefined;
+  readonly #downlinkBucket: TokenBucket | undefined;
+  #sweepTimer: ReturnType<typeof setInterval> | undefined;
+  #emptySince = performance.now();
   readonly #highWatermark: number;
   readonly #lowWatermark: number;
   readonly #startedAt = performance.now();
@@ -93,6 +100,16 @@ export class Session implements StreamHost {
     this.#uplinkBucket = config.clientBytesPerSec > 0
       ? new TokenBucket(config.clientBytesPerSec, config.clientBytesPerSec)
       : undefined;
+    this.#downlinkBucket = config.targetBytesPerSec > 0
+      ? new TokenBucket(config.targetBytesPerSec, config.targetBytesPerSec)
+      : undefined;
+    const idles = [config.streamIdleMs, config.sessionIdleMs].filter((ms) => ms > 0);
+    if (idles.length > 0) {
+      // One sweep per session finds idle streams and an idle session; a quarter of the shortest idle time keeps
+      // the error under 25 %.
+      const period = Math.min(15_000, Math.max(25, Math.min(...idles) / 4));
+      this.#sweepTimer = setInterval(this.#sweep, period);
+    }
     this.#metrics.sessionsActive++;
     this.#metrics.sessionsTotal++;
     logger.info("session_open", {
@@ -128,6 +145,20 @@ export class Session implements StreamHost {
     this.#metrics.framesFromClient++;
     this.#metrics.bytesFromClient += data.byteLength;
     this.#bytesIn += data.byteLength;
+    if (data.byteLength > this.#deps.config.maxFrameBytes) {
+      this.#countLimit(
+        "frame_size",
+        SESSION_ID,
+        `Message of ${data.byteLength} bytes exceeds the limit of ${this.#deps.config.maxFrameBytes}`,
+      );
+      this.sendError(
+        SESSION_ID,
+        ErrorCode.INVALID_FRAME,
+        `Invalid frame: message of ${data.byteLength} bytes exceeds the limit of ${this.#deps.config.maxFrameBytes}`,
+      );
+      this.close(CLOSE_TOO_BIG, "message too big");
+      return;
+    }
     let frame: ClientFrame;
     try {
       frame = decodeClientFrame(new Uint8Array(data));
@@ -197,13 +228,18 @@ export class Session implements StreamHost {
       this.sendError(id, ErrorCode.POLICY_DENIED, decision.reason);
       return;
     }
-    if (this.#openBucket !== undefined && !this.#openBucket.tryTake()) {
-      this.#limit(
-        "open_rate",
-        id,
-        `Too many OPENs: the limit is ${config.openRate} a second after a burst of ${config.openBurst}`,
-      );
-      return;
+    let delayMs = 0;
+    if (this.#openBucket !== undefined) {
+      // Over the rate, an OPEN waits its turn (bursts are smoothed) unless the wait would exceed the bound.
+      if (this.#openBucket.waitFor(1) > config.openQueueMs) {
+        this.#limit(
+          "open_rate",
+          id,
+          `Too many OPENs: the limit is ${config.openRate} a second after a burst of ${config.openBurst}`,
+        );
+        return;
+      }
+      delayMs = this.#openBucket.reserve(1);
     }
     this.#recent.delete(id);
     const stream = new TcpStream(this, id, frame.ip, frame.port);
@@ -211,12 +247,18 @@ export class Session implements StreamHost {
     this.#streamsOpened++;
     this.#metrics.streamsActive++;
     this.#metrics.streamsTotal++;
-    const task = stream.start();
+    const task = stream.start(delayMs);
     this.#tasks.add(task);
     void task.finally(() => this.#tasks.delete(task));
   }
 
   #limit(kind: string, id: number, message: string): void {
+    this.#countLimit(kind, id, message);
+    this.sendError(id, ErrorCode.RATE_LIMITED, message);
+  }
+
+  /** Counts a limit hit and logs it once per session and kind. */
+  #countLimit(kind: string, id: number, message: string): void {
     Metrics.bump(this.#metrics.rateLimited, kind);
     if (this.#firstTime(`limit:${kind}`)) {
       logger.warn("rate_limited", {
@@ -227,8 +269,39 @@ export class Session implements StreamHost {
         reason: message,
       });
     }
-    this.sendError(id, ErrorCode.RATE_LIMITED, message);
   }
+
+  /** Streams report their queue overflows here, so they are counted and logged like other limits. */
+  limitHit(kind: "backpressure" | "client_bytes", id: number, message: string): void {
+    if (kind === "backpressure") {
+      this.#metrics.backpressureErrors++;
+      if (this.#firstTime("backpressure")) {
+        logger.warn("backpressure", {
+          event: "backpressure",
+          sessionId: this.sessionId,
+          streamId: id,
+          reason: message,
+        });
+      }
+    } else {
+      this.#countLimit(kind, id, message);
+    }
+  }
+
+  #sweep = (): void => {
+    const now = performance.now();
+    const { streamIdleMs, sessionIdleMs } = this.#deps.config;
+    if (streamIdleMs > 0) {
+      for (const stream of [...this.#streams.values()]) {
+        if (stream.idleFor(now, streamIdleMs)) stream.finish("idle_timeout");
+      }
+    }
+    if (this.#streams.size > 0) {
+      this.#emptySince = now;
+    } else if (sessionIdleMs > 0 && now - this.#emptySince >= sessionIdleMs) {
+      this.close(CLOSE_NORMAL, "session idle");
+    }
+  };
 
   /** True the first time a kind of event is seen in this session (one log line per kind, no floods). */
   #firstTime(kind: string): boolean {
@@ -285,6 +358,10 @@ export class Session implements StreamHost {
     return this.#uplinkBucket === undefined ? 0 : this.#uplinkBucket.reserve(n);
   }
 
+  reserveDownlink(n: number): number {
+    return this.#downlinkBucket === undefined ? 0 : this.#downlinkBucket.reserve(n);
+  }
+
   sendFrame(frame: Uint8Array): void {
     if (this.#closed || this.#socket.readyState !== WebSocket.OPEN) return;
     this.#socket.send(frame);
@@ -310,6 +387,7 @@ export class Session implements StreamHost {
     if (this.#streams.get(stream.id) === stream) {
       this.#streams.delete(stream.id);
       this.#metrics.streamsActive--;
+      if (this.#streams.size === 0) this.#emptySince = performance.now();
     }
     this.#remember(stream.id);
   }
@@ -341,6 +419,8 @@ export class Session implements StreamHost {
     for (const stream of [...this.#streams.values()]) stream.finish("session_closed");
     if (this.#drainTimer !== undefined) clearTimeout(this.#drainTimer);
     this.#drainTimer = undefined;
+    if (this.#sweepTimer !== undefined) clearInterval(this.#sweepTimer);
+    this.#sweepTimer = undefined;
     this.#checkDrain();
     this.#metrics.sessionsActive--;
     logger.info("session_close", {

@@ -26,9 +26,31 @@ export type Dial = (
   options: { hostname: string; port: number; signal: AbortSignal },
 ) => Promise<Deno.TcpConn>;
 
+/** A cancellable sleep: one pending timer at most; `cancel()` resolves it at once. */
+class Sleeper {
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #resolve: (() => void) | undefined;
+
+  sleep(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.#resolve = resolve;
+      this.#timer = setTimeout(() => this.cancel(), ms);
+    });
+  }
+
+  cancel(): void {
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    const resolve = this.#resolve;
+    this.#resolve = undefined;
+    resolve?.();
+  }
+}
+
 /** Why a stream ended; stable labels for logs and metrics. */
 export type CloseReason =
   | "client_close"
+  | "idle_timeout"
   | "target_close"
   | "connect_failed"
   | "policy_denied"
@@ -51,10 +73,14 @@ export interface StreamHost {
   waitForDrain(): Promise<void>;
   /** Milliseconds to wait before `n` more client bytes may go to a target (shaping). */
   reserveUplink(n: number): number;
+  /** Milliseconds to wait after `n` target bytes before the next read (shaping). */
+  reserveDownlink(n: number): number;
   sendFrame(frame: Uint8Array): void;
   sendError(connectionId: number, code: ErrorCode, message: string): void;
   /** Called once when the stream has finished. */
   streamFinished(stream: TcpStream): void;
+  /** A queue overflowed: counted and logged by the session. */
+  limitHit(kind: "backpressure" | "client_bytes", id: number, message: string): void;
   countToTarget(n: number): void;
   countFromTarget(n: number): void;
 }
@@ -91,8 +117,13 @@ export class TcpStream {
   #head = 0;
   #queued = 0;
   #wakeWriter: (() => void) | undefined;
-  #sleepTimer: ReturnType<typeof setTimeout> | undefined;
+  #writerSleep: Sleeper | undefined;
+  #readerSleep: Sleeper | undefined;
   #throttled = false;
+  /** Bumped on every read and write; the session's idle sweep compares it between ticks. */
+  #activity = 0;
+  #seenActivity = -1;
+  #idleSince = 0;
 
   #clientClosed = false;
   #closed = false;
@@ -113,13 +144,30 @@ export class TcpStream {
     return this.#closed;
   }
 
-  /** Starts dialing; the returned promise settles when every loop of the stream has ended. */
-  start(): Promise<void> {
-    this.#task ??= this.#run();
+  /**
+   * Starts dialing, after `delayMs` if the session's OPEN rate asked this stream to wait its turn.
+   * The returned promise settles when every loop of the stream has ended.
+   */
+  start(delayMs = 0): Promise<void> {
+    this.#task ??= this.#run(delayMs);
     return this.#task;
   }
 
-  async #run(): Promise<void> {
+  /** True once the stream has seen no traffic for `idleMs` (checked by the session's sweep at `now`). */
+  idleFor(now: number, idleMs: number): boolean {
+    if (this.#activity !== this.#seenActivity) {
+      this.#seenActivity = this.#activity;
+      this.#idleSince = now;
+      return false;
+    }
+    return now - this.#idleSince >= idleMs;
+  }
+
+  async #run(delayMs: number): Promise<void> {
+    if (delayMs > 0) {
+      await (this.#readerSleep ??= new Sleeper()).sleep(delayMs);
+      if (this.#closed) return;
+    }
     let conn: Deno.TcpConn;
     try {
       const signal = AbortSignal.any([
@@ -176,9 +224,12 @@ export class TcpStream {
           return;
         }
         this.bytesFromTarget += n;
+        this.#activity++;
         this.#host.countFromTarget(n);
         // WebSocket.send copies the bytes, so the buffer is free for the next read at once.
         this.#host.sendFrame(frame.subarray(0, HEADER_SIZE + n));
+        const wait = this.#host.reserveDownlink(n);
+        if (wait > 0) await (this.#readerSleep ??= new Sleeper()).sleep(wait);
       }
     } catch (err: unknown) {
       if (this.#closed) return;
@@ -205,7 +256,7 @@ export class TcpStream {
         const wait = this.#host.reserveUplink(chunk.byteLength);
         if (wait > 0) {
           this.#throttled = true;
-          await this.#sleep(wait);
+          await (this.#writerSleep ??= new Sleeper()).sleep(wait);
           this.#throttled = false;
           if (this.#closed) return;
         }
@@ -224,6 +275,7 @@ export class TcpStream {
         this.#queued -= charged;
         this.#host.queuedBytes -= charged;
         this.bytesToTarget += chunk.byteLength;
+        this.#activity++;
         this.#host.countToTarget(chunk.byteLength);
       }
     } catch (err: unknown) {
@@ -233,16 +285,6 @@ export class TcpStream {
         message: `Cannot write to ${this.destination}: ${describe(err)}`,
       });
     }
-  }
-
-  #sleep(ms: number): Promise<void> {
-    return new Promise<void>((resolve) => {
-      this.#wakeWriter = resolve;
-      this.#sleepTimer = setTimeout(() => {
-        this.#sleepTimer = undefined;
-        resolve();
-      }, ms);
-    });
   }
 
   /**
@@ -259,20 +301,19 @@ export class TcpStream {
     ) {
       const which = this.#queued + charged > this.#host.streamQueueBytes ? "stream" : "session";
       if (this.#throttled) {
-        this.finish("rate_limited", {
-          code: ErrorCode.RATE_LIMITED,
-          message:
-            `Client data for ${this.destination} exceeds the session's byte rate and the ${which} queue is full`,
-        });
+        const message =
+          `Client data for ${this.destination} exceeds the session's byte rate and the ${which} queue is full`;
+        this.#host.limitHit("client_bytes", this.id, message);
+        this.finish("rate_limited", { code: ErrorCode.RATE_LIMITED, message });
       } else {
-        this.finish("backpressure", {
-          code: ErrorCode.BACKPRESSURE,
-          message: `Target ${this.destination} is not reading fast enough: the ${which} queue is full`,
-        });
+        const message = `Target ${this.destination} is not reading fast enough: the ${which} queue is full`;
+        this.#host.limitHit("backpressure", this.id, message);
+        this.finish("backpressure", { code: ErrorCode.BACKPRESSURE, message });
       }
       return;
     }
     this.#chunks.push(data);
+    this.#activity++;
     this.#queued += charged;
     this.#host.queuedBytes += charged;
     if (!this.#throttled) this.#wake();
@@ -310,8 +351,8 @@ export class TcpStream {
     } catch {
       // Already closed by the peer or the runtime.
     }
-    if (this.#sleepTimer !== undefined) clearTimeout(this.#sleepTimer);
-    this.#sleepTimer = undefined;
+    this.#writerSleep?.cancel();
+    this.#readerSleep?.cancel();
     this.#host.queuedBytes -= this.#queued;
     this.#queued = 0;
     this.#chunks = [];

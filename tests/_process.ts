@@ -5,14 +5,31 @@
  */
 import denoJson from "../deno.json" with { type: "json" };
 
-/** The `start` task's words with `--allow-net` narrowed to 127.0.0.0/8 and `deno` replaced by this binary. */
-export function startCommand(task: "start" = "start"): { cmd: string; args: string[] } {
+/** The tasks that start the relay. */
+export type StartTask = "start" | "start:sandboxed";
+
+/** How to start a relay subprocess. */
+export interface SpawnOptions {
+  readonly task?: StartTask;
+  /** Extra Deno flags, such as `--deny-net=127.0.0.2`. */
+  readonly denoFlags?: string[];
+}
+
+/**
+ * A start task's words with `--allow-net` narrowed to 127.0.0.0/8, `deno` replaced by this binary, and
+ * `denoFlags` added before the entry point.
+ */
+export function startCommand(
+  task: StartTask = "start",
+  denoFlags: string[] = [],
+): { cmd: string; args: string[] } {
   const words = denoJson.tasks[task].split(/\s+/).map((w) => w.replaceAll("'", ""));
   const [program, ...rest] = words;
   if (program !== "deno") {
     throw new Error(`The ${task} task does not start with deno: ${denoJson.tasks[task]}`);
   }
   const args = rest.map((w) => (w === "--allow-net" ? "--allow-net=127.0.0.0/8" : w));
+  args.splice(args.indexOf("main.ts"), 0, ...denoFlags);
   return { cmd: Deno.execPath(), args };
 }
 
@@ -49,8 +66,12 @@ export async function runToEnd(env: Record<string, string>, args: string[] = [])
 }
 
 /** Starts the relay and resolves once it logged `listening`. */
-export async function spawnRelay(env: Record<string, string>, args: string[] = []): Promise<RelayProcess> {
-  const { cmd, args: base } = startCommand();
+export async function spawnRelay(
+  env: Record<string, string>,
+  args: string[] = [],
+  options: SpawnOptions = {},
+): Promise<RelayProcess> {
+  const { cmd, args: base } = startCommand(options.task, options.denoFlags);
   const child = new Deno.Command(cmd, {
     args: [...base, ...args],
     env: { NO_COLOR: "1", AERO_PROXY_PORT: "0", ...env },

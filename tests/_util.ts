@@ -213,6 +213,8 @@ export class MuxClient implements AsyncDisposable {
   #waiters = new Map<number, Waiter[]>();
   #handlers = new Map<number, (frame: ServerFrame) => void>();
   #closeEvent: CloseEvent | undefined;
+  /** Frames received so far, on any id. */
+  received = 0;
 
   private constructor(ws: WebSocket) {
     this.ws = ws;
@@ -220,6 +222,7 @@ export class MuxClient implements AsyncDisposable {
     this.closed = promise;
     ws.onmessage = (event) => {
       const frame = decodeServerFrame(new Uint8Array(event.data as ArrayBuffer));
+      this.received++;
       const handler = this.#handlers.get(frame.connectionId);
       if (handler !== undefined) return handler(frame);
       const waiter = this.#waiters.get(frame.connectionId)?.shift();

@@ -37,6 +37,7 @@ Deno.test({ name: "parseCommand() reads the environment and lets flags win", per
       AERO_PROXY_HOST: "0.0.0.0",
       AERO_PROXY_AUTH_TOKEN: "a, b",
       AERO_PROXY_ALLOW_PRIVATE_IPS: "1",
+      AERO_PROXY_ALLOW_WEAK_TOKEN: "1",
     },
     ["--port=9100"],
   );
@@ -110,3 +111,84 @@ Deno.test(
     assert.equal(parsePortList("http"), undefined);
   },
 );
+
+const STRONG = "0123456789abcdef0123";
+
+Deno.test({ name: "tokens: rotation list, token file, and weak tokens", permissions: "none" }, async (t) => {
+  await t.step("several tokens at once", () => {
+    assert.deepEqual(config({ AERO_PROXY_AUTH_TOKEN: `${STRONG},${STRONG}x` }).authTokens, [
+      STRONG,
+      `${STRONG}x`,
+    ]);
+  });
+  await t.step("a token file holds one token a line", () => {
+    const files: Record<string, string> = { "/run/secrets/relay": `${STRONG}\n\n${STRONG}y\r\n` };
+    const command = parseCommand({ AERO_PROXY_AUTH_TOKEN_FILE: "/run/secrets/relay" }, [], {
+      readFile: (path) => files[path] ?? assert.fail(`unexpected read of ${path}`),
+    });
+    assert.ok(command.kind === "run");
+    assert.deepEqual(command.config.authTokens, [STRONG, `${STRONG}y`]);
+  });
+  await t.step("an unreadable token file is a configuration error naming it", () => {
+    const message = (() => {
+      try {
+        parseCommand({ AERO_PROXY_AUTH_TOKEN_FILE: "/nope" }, [], {
+          readFile: () => {
+            throw new Error("No such file or directory");
+          },
+        });
+      } catch (err: unknown) {
+        return err instanceof ConfigError ? err.message : String(err);
+      }
+      return "";
+    })();
+    assert.match(message, /AERO_PROXY_AUTH_TOKEN_FILE "\/nope" cannot be read: No such file/);
+  });
+  await t.step("an empty token file is refused", () => {
+    assert.throws(
+      () => parseCommand({ AERO_PROXY_AUTH_TOKEN_FILE: "/f" }, [], { readFile: () => "\n \n" }),
+      /must hold one or more tokens/,
+    );
+  });
+  await t.step("token and token file together are refused", () => {
+    assert.match(
+      problem({ AERO_PROXY_AUTH_TOKEN: STRONG, AERO_PROXY_AUTH_TOKEN_FILE: "/f" }),
+      /AERO_PROXY_AUTH_TOKEN or AERO_PROXY_AUTH_TOKEN_FILE, not both/,
+    );
+  });
+  await t.step("a weak token on a network listener is refused", () => {
+    assert.match(
+      problem({ AERO_PROXY_AUTH_TOKEN: "dev-token", AERO_PROXY_HOST: "0.0.0.0" }),
+      /shorter than 16 bytes.*AERO_PROXY_ALLOW_WEAK_TOKEN=1/,
+    );
+  });
+  await t.step("a weak token on loopback is accepted with a warning", () => {
+    const command = parseCommand({ AERO_PROXY_AUTH_TOKEN: "dev-token" }, []);
+    assert.ok(command.kind === "run");
+    assert.match(command.warnings.join(), /Weak token/);
+  });
+  await t.step("ALLOW_WEAK_TOKEN=1 accepts it anywhere, silently", () => {
+    const command = parseCommand(
+      { AERO_PROXY_AUTH_TOKEN: "dev-token", AERO_PROXY_HOST: "0.0.0.0", AERO_PROXY_ALLOW_WEAK_TOKEN: "1" },
+      [],
+    );
+    assert.ok(command.kind === "run");
+    assert.deepEqual(command.warnings, []);
+  });
+});
+
+Deno.test({ name: "origins must be exact origins or *", permissions: "none" }, () => {
+  assert.deepEqual(defaultConfig().allowedOrigins, ["*"]);
+  assert.deepEqual(
+    config({ AERO_PROXY_ALLOWED_ORIGINS: "https://a.example, http://b.example:8080" }).allowedOrigins,
+    [
+      "https://a.example",
+      "http://b.example:8080",
+    ],
+  );
+  assert.match(
+    problem({ AERO_PROXY_ALLOWED_ORIGINS: "https://a.example/path" }),
+    /AERO_PROXY_ALLOWED_ORIGINS must be/,
+  );
+  assert.match(problem({ AERO_PROXY_ALLOWED_ORIGINS: "a.example" }), /AERO_PROXY_ALLOWED_ORIGINS must be/);
+});

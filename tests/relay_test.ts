@@ -350,7 +350,7 @@ Deno.test("per-session limits: stream count and OPEN rate give ERROR 4, the sess
     await assertEchoes(client, 4, echo.port);
   });
   await t.step("OPEN rate", async () => {
-    await using relay = startRelay({ openRate: 1, openBurst: 3 });
+    await using relay = startRelay({ openRate: 1, openBurst: 3, openQueueMs: 0 });
     await using client = await MuxClient.connect(muxUrl(relay.port));
     for (let id = 1; id <= 4; id++) client.send(encodeOpen(id, LOOPBACK, echo.port));
     for (let id = 1; id <= 3; id++) assert.equal((await client.next(id)).type, FrameType.OPEN);

@@ -1,0 +1,76 @@
+import assert from "node:assert/strict";
+import denoJson from "../../deno.json" with { type: "json" };
+import { createPolicy, parseCidr } from "../../src/policy/policy.ts";
+import { cidrsExcept, LISTEN_ADDRESSES, sandboxDenyList } from "../../src/policy/sandbox.ts";
+
+const ip = (text: string) => text.split(".").map(Number);
+const inList = (list: string[], address: string) => {
+  const value = ip(address).reduce((acc, b) => ((acc << 8) | b) >>> 0, 0);
+  return list.some((text) => {
+    const cidr = parseCidr(text)!;
+    return ((value & cidr.mask) >>> 0) === cidr.network;
+  });
+};
+
+Deno.test({
+  name: "the sandboxed task and the binary deny exactly the policy's special ranges",
+  permissions: "none",
+}, () => {
+  const flag = `--deny-net=${sandboxDenyList().join(",")}`;
+  assert.ok(
+    denoJson.tasks["start:sandboxed"].includes(` ${flag} `),
+    "start:sandboxed is out of date: run deno run src/policy/sandbox.ts",
+  );
+  assert.ok(
+    denoJson.tasks.compile.includes(` ${flag} `),
+    "compile is out of date: run deno run src/policy/sandbox.ts",
+  );
+});
+
+Deno.test({
+  name: "sandboxDenyList() covers every denied address but the listen addresses",
+  permissions: "none",
+}, () => {
+  const list = sandboxDenyList();
+  const policy = createPolicy({
+    allowPrivateIps: false,
+    allowCidrs: [],
+    denyCidrs: [],
+    allowPorts: [],
+    denyPorts: [],
+  });
+  // A deterministic sweep over the address space, plus the edges of every range.
+  let x = 0x12345678;
+  const samples = [
+    "127.0.0.0",
+    "127.0.0.2",
+    "127.255.255.255",
+    "0.0.0.1",
+    "0.255.255.255",
+    "169.254.169.254",
+    "8.8.8.8",
+  ];
+  for (let i = 0; i < 20_000; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    const v = x >>> 0;
+    samples.push([v >>> 24, (v >>> 16) & 255, (v >>> 8) & 255, v & 255].join("."));
+  }
+  for (const address of samples) {
+    if (LISTEN_ADDRESSES.includes(address)) continue;
+    const denied = !policy(ip(address), 443).allowed;
+    assert.equal(inList(list, address), denied, address);
+  }
+  for (const address of LISTEN_ADDRESSES) assert.equal(inList(list, address), false, address);
+});
+
+Deno.test({ name: "cidrsExcept() leaves exactly one hole", permissions: "none" }, () => {
+  const list = cidrsExcept(0x7f000000, 8, 0x7f000001);
+  assert.equal(list.length, 24);
+  assert.ok(!inList(list, "127.0.0.1"));
+  for (const address of ["127.0.0.0", "127.0.0.2", "127.0.0.3", "127.1.0.0", "127.255.255.255"]) {
+    assert.ok(inList(list, address), address);
+  }
+  assert.ok(!inList(list, "128.0.0.0"));
+});
