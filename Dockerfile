@@ -1,17 +1,23 @@
 # syntax=docker/dockerfile:1
-# Build stage: compile the relay into one executable with Deno 2.9.6 (pinned).
+# Build stage: compile the relay into one executable with Deno 2.9.6 (pinned). The binary embeds the sandboxed
+# permissions of `deno task compile`: network with the special ranges denied, AERO_PROXY_* variables, and reads of
+# /run/secrets and /etc/aero-net-proxy only.
 FROM denoland/deno:2.9.6 AS build
 WORKDIR /app
 COPY deno.json deno.lock main.ts ./
 COPY src ./src
 RUN deno task compile
 
-# Runtime stage: the binary alone, run as a non-root user.
+# Runtime stage: the binary alone, as a non-root user.
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin relay
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin relay \
+    && mkdir -p /etc/aero-net-proxy
 COPY --from=build /app/dist/aero-net-proxy /usr/local/bin/aero-net-proxy
 ENV AERO_PROXY_HOST=0.0.0.0 \
     AERO_PROXY_PORT=8080
 EXPOSE 8080
 USER relay
+# The binary probes its own /healthz (no curl in the image).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/aero-net-proxy", "--healthcheck"]
 ENTRYPOINT ["/usr/local/bin/aero-net-proxy"]

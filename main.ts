@@ -1,17 +1,21 @@
 /**
- * Entry point: configuration -> logging -> relay -> wait for a signal -> shut down.
+ * Entry point: configuration -> logging -> relay -> wait for a signal -> graceful shutdown.
  * The only module that reads the environment, writes to the console or exits.
  * @module
  */
-import { configure, getLogger, jsonLinesFormatter, type LogRecord } from "@logtape/logtape";
+import { getLogger } from "@logtape/logtape";
 import denoJson from "./deno.json" with { type: "json" };
 import { generateToken } from "./src/auth.ts";
 import { type Config, ConfigError, ENV_NAMES, helpText, parseCommand } from "./src/config.ts";
+import { configureLogging } from "./src/logging.ts";
+import { Metrics } from "./src/metrics.ts";
 import { MUX_PATH } from "./src/protocol/mod.ts";
-import { serveRelay } from "./src/server.ts";
+import { type RunningRelay, serveRelay } from "./src/server.ts";
 
 /** Exit code for bad usage or configuration. */
 const EXIT_USAGE = 2;
+/** Exit codes for a second signal during shutdown, as shells report them (128 + signal number). */
+const EXIT_FORCED: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
 
 function readEnv(): Record<string, string | undefined> {
   return Object.fromEntries(ENV_NAMES.map((name) => [name, Deno.env.get(name)]));
@@ -21,6 +25,19 @@ function fail(message: string): never {
   // deno-lint-ignore no-console
   console.error(`aero-net-proxy: ${message}`);
   Deno.exit(EXIT_USAGE);
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Reads a file named by the configuration; a failure is a configuration error (exit 2). */
+function readConfigFile(variable: string, path: string): string {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (err: unknown) {
+    fail(`invalid configuration: ${variable} ${JSON.stringify(path)} cannot be read: ${errorText(err)}`);
+  }
 }
 
 /**
@@ -42,6 +59,30 @@ function warnAboutSandbox(config: Config, logger: ReturnType<typeof getLogger>):
   }
 }
 
+/** `--healthcheck`: probe the relay that the same settings describe (for Docker's HEALTHCHECK). */
+async function healthcheck(config: Config): Promise<number> {
+  const local = (host: string) => (host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host);
+  try {
+    if (config.metricsPort !== undefined || config.tlsCertFile === "") {
+      const [host, port] = config.metricsPort !== undefined
+        ? [local(config.metricsHost), config.metricsPort]
+        : [local(config.host), config.port];
+      const response = await fetch(`http://${host}:${port}/healthz`, { signal: AbortSignal.timeout(3000) });
+      await response.body?.cancel();
+      if (!response.ok) throw new Error(`/healthz answered ${response.status}`);
+    } else {
+      // With TLS on the main port and no metrics listener, an accepted connection is the best local check.
+      const conn = await Deno.connect({ hostname: local(config.host), port: config.port });
+      conn.close();
+    }
+    return 0;
+  } catch (err: unknown) {
+    // deno-lint-ignore no-console
+    console.error(`aero-net-proxy: unhealthy: ${errorText(err)}`);
+    return 1;
+  }
+}
+
 async function main(): Promise<void> {
   let command;
   try {
@@ -57,9 +98,10 @@ async function main(): Promise<void> {
   }
   if (command.kind === "version") {
     // deno-lint-ignore no-console
-    console.log(`aero-net-proxy ${denoJson.version}`);
+    console.log(`aero-net-proxy ${denoJson.version} (deno ${Deno.version.deno})`);
     return;
   }
+  if (command.kind === "healthcheck") Deno.exit(await healthcheck(command.config));
 
   let config: Config = command.config;
   let generated: string | undefined;
@@ -67,40 +109,27 @@ async function main(): Promise<void> {
     generated = generateToken();
     config = Object.freeze({ ...config, authTokens: [generated] });
   }
+  const tls = config.tlsCertFile === "" ? undefined : {
+    cert: readConfigFile("AERO_PROXY_TLS_CERT_FILE", config.tlsCertFile),
+    key: readConfigFile("AERO_PROXY_TLS_KEY_FILE", config.tlsKeyFile),
+  };
 
-  await configure({
-    // Every level goes to stdout as one JSON object a line (a console sink would send warnings to stderr).
-    // deno-lint-ignore no-console
-    sinks: { console: (record: LogRecord) => console.log(jsonLinesFormatter(record).trimEnd()) },
-    loggers: [
-      { category: ["aero-net-proxy"], lowestLevel: config.logLevel, sinks: ["console"] },
-      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["console"] },
-    ],
-  });
+  await configureLogging(config.logLevel, config.logFormat);
   const logger = getLogger(["aero-net-proxy", "main"]);
   for (const warning of command.warnings) {
     logger.warn("config_warning", { event: "config_warning", reason: warning });
   }
   warnAboutSandbox(config, logger);
 
-  let running;
+  let running: RunningRelay;
   try {
-    running = serveRelay(config);
+    running = serveRelay(config, { metrics: new Metrics({ version: denoJson.version }) }, tls ? { tls } : {});
   } catch (err: unknown) {
-    fail(
-      `cannot listen on ${config.host}:${config.port}: ${err instanceof Error ? err.message : String(err)}`,
-    );
+    fail(`cannot listen on ${config.host}:${config.port}: ${errorText(err)}`);
   }
-  const base = `ws://${
-    running.hostname.includes(":") ? `[${running.hostname}]` : running.hostname
-  }:${running.port}${MUX_PATH}`;
-  logger.info("listening", {
-    event: "listening",
-    host: running.hostname,
-    port: running.port,
-    url: base,
-    version: denoJson.version,
-  });
+  const scheme = tls === undefined ? "ws" : "wss";
+  const host = running.hostname.includes(":") ? `[${running.hostname}]` : running.hostname;
+  const base = `${scheme}://${host}:${running.port}${MUX_PATH}`;
   if (generated !== undefined) {
     // Printed once, to stderr, never to the log stream: this is the only place the token appears.
     // deno-lint-ignore no-console
@@ -109,12 +138,38 @@ async function main(): Promise<void> {
         `Connect to: ${base}?token=${generated}`,
     );
   }
+  logger.info("listening", {
+    event: "listening",
+    host: running.hostname,
+    port: running.port,
+    url: base,
+    tls: tls !== undefined,
+    metricsPort: running.metricsPort ?? null,
+    version: denoJson.version,
+  });
 
   const { promise: stop, resolve } = Promise.withResolvers<string>();
-  for (const signal of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(signal, () => resolve(signal));
+  let stopping = false;
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(signal, () => {
+      if (!stopping) {
+        stopping = true;
+        resolve(signal);
+        return;
+      }
+      logger.warn("forced_exit", { event: "forced_exit", signal });
+      Deno.exit(EXIT_FORCED[signal] ?? 1);
+    });
+  }
   const signal = await stop;
-  logger.info("shutting_down", { event: "shutting_down", signal });
-  await running.close();
+  logger.info("shutting_down", {
+    event: "shutting_down",
+    signal,
+    graceMs: config.shutdownGraceMs,
+    sessions: running.relay.sessions.size,
+  });
+  await running.shutdown();
+  logger.info("stopped", { event: "stopped" });
   Deno.exit(0);
 }
 

@@ -56,6 +56,15 @@ export interface Config {
   readonly wsHighWatermark: number;
   readonly wsLowWatermark: number;
   readonly logLevel: LogLevel;
+  readonly logFormat: "json" | "pretty";
+  /** Separate listener for /metrics, /healthz and /readyz without a token; `undefined` = off. */
+  readonly metricsPort: number | undefined;
+  readonly metricsHost: string;
+  /** How long open sessions may finish after SIGTERM/SIGINT before they are closed with 1001. */
+  readonly shutdownGraceMs: number;
+  /** PEM files for serving wss:// directly; both or neither. */
+  readonly tlsCertFile: string;
+  readonly tlsKeyFile: string;
 }
 
 type Kind =
@@ -69,7 +78,9 @@ type Kind =
   | "ports"
   | "count"
   | "rate"
-  | "level";
+  | "level"
+  | "format"
+  | "optport";
 
 /** One configuration option: its environment variable, its flag, its default and its meaning. */
 export interface OptionSpec {
@@ -339,6 +350,54 @@ export const OPTIONS: readonly OptionSpec[] = [
     default: "info",
     description: `Lowest log level written: ${LOG_LEVELS.join(", ")}`,
   },
+  {
+    key: "logFormat",
+    env: "AERO_PROXY_LOG_FORMAT",
+    flag: "log-format",
+    kind: "format",
+    default: "json",
+    description: "json (one JSON object a line) or pretty (for humans)",
+  },
+  {
+    key: "metricsPort",
+    env: "AERO_PROXY_METRICS_PORT",
+    flag: "metrics-port",
+    kind: "optport",
+    default: "",
+    description: "Port of a separate listener for /metrics, /healthz, /readyz without a token (unset = off)",
+  },
+  {
+    key: "metricsHost",
+    env: "AERO_PROXY_METRICS_HOST",
+    flag: "metrics-host",
+    kind: "host",
+    default: "127.0.0.1",
+    description: "Address of the metrics listener",
+  },
+  {
+    key: "shutdownGraceMs",
+    env: "AERO_PROXY_SHUTDOWN_GRACE_MS",
+    flag: "shutdown-grace-ms",
+    kind: "rate",
+    default: "10000",
+    description: "After SIGTERM/SIGINT, how long open sessions may finish before they are closed with 1001",
+  },
+  {
+    key: "tlsCertFile",
+    env: "AERO_PROXY_TLS_CERT_FILE",
+    flag: "tls-cert-file",
+    kind: "path",
+    default: "",
+    description: "PEM certificate (chain) to serve wss:// directly; needs AERO_PROXY_TLS_KEY_FILE",
+  },
+  {
+    key: "tlsKeyFile",
+    env: "AERO_PROXY_TLS_KEY_FILE",
+    flag: "tls-key-file",
+    kind: "path",
+    default: "",
+    description: "PEM private key for AERO_PROXY_TLS_CERT_FILE",
+  },
 ];
 
 /** Bad configuration: the message names every offending variable or flag and what it accepts. */
@@ -354,6 +413,7 @@ export class ConfigError extends Error {
 /** What the command line asked for. `warnings` are for the log: legal but worth an operator's attention. */
 export type Command =
   | { kind: "run"; config: Config; warnings: readonly string[] }
+  | { kind: "healthcheck"; config: Config; warnings: readonly string[] }
   | { kind: "help" }
   | { kind: "version" };
 
@@ -467,6 +527,15 @@ function convert(spec: OptionSpec, text: string): { value: unknown } | { problem
       const value = parseInteger(text.trim(), 0, Number.MAX_SAFE_INTEGER);
       return value === undefined ? bad("a non-negative integer (0 = unlimited)") : { value };
     }
+    case "format": {
+      const lower = text.trim().toLowerCase();
+      return lower === "json" || lower === "pretty" ? { value: lower } : bad("json or pretty");
+    }
+    case "optport": {
+      if (text.trim() === "") return { value: undefined };
+      const value = parseInteger(text.trim(), 0, 65535);
+      return value === undefined ? bad("empty (off) or an integer from 0 to 65535") : { value };
+    }
     case "level": {
       const lower = text.trim().toLowerCase();
       return (LOG_LEVELS as readonly string[]).includes(lower)
@@ -500,6 +569,7 @@ export function parseCommand(
       options: {
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
+        healthcheck: { type: "boolean" },
         ...Object.fromEntries(OPTIONS.map((o) => [o.flag, { type: "string" as const }])),
       },
     });
@@ -530,10 +600,14 @@ export function parseCommand(
   if (problems.length === 0 && (values.streamQueueBytes as number) > (values.sessionQueueBytes as number)) {
     problems.push("AERO_PROXY_STREAM_QUEUE_BYTES must not exceed AERO_PROXY_SESSION_QUEUE_BYTES");
   }
+  if (problems.length === 0 && (values.tlsCertFile === "") !== (values.tlsKeyFile === "")) {
+    problems.push("AERO_PROXY_TLS_CERT_FILE and AERO_PROXY_TLS_KEY_FILE must be set together");
+  }
   const warnings: string[] = [];
   if (problems.length === 0) checkTokens(values, problems, warnings, options);
   if (problems.length > 0) throw new ConfigError(problems);
-  return { kind: "run", config: Object.freeze(values as unknown as Config), warnings };
+  const config = Object.freeze(values as unknown as Config);
+  return { kind: flags.healthcheck === true ? "healthcheck" : "run", config, warnings };
 }
 
 const encoder = new TextEncoder();

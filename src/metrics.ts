@@ -1,7 +1,16 @@
 /**
- * In-memory counters of one relay. Plain number fields, so the hot path pays an addition and nothing else.
+ * Counters of one relay, and their Prometheus exposition.
+ *
+ * The hot path only adds to plain number fields; prom-client reads them when `/metrics` is scraped. Histograms are
+ * observed once per stream, never per frame.
  * @module
  */
+import process from "node:process";
+import client from "prom-client";
+import { ERROR_CODE_NAMES } from "./protocol/mod.ts";
+
+const DURATION_BUCKETS = [0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 1800, 3600];
+const CONNECT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 /** Counters and gauges of one relay instance. */
 export class Metrics {
@@ -28,10 +37,30 @@ export class Metrics {
   readonly rateLimited = new Map<string, number>();
   /** ERROR frames sent, by code. */
   readonly errorsSent = new Map<number, number>();
+  /** Streams ended, by reason. */
+  readonly streamsClosed = new Map<string, number>();
+
+  #registry: client.Registry | undefined;
+  #connectSeconds: client.Histogram | undefined;
+  #durationSeconds: client.Histogram | undefined;
+  readonly #info: Record<string, string>;
+
+  /** @param info labels of the `aero_proxy_info` gauge, e.g. the version */
+  constructor(info: Record<string, string> = {}) {
+    this.#info = info;
+  }
 
   /** Adds one to a labelled counter. */
   static bump<K>(map: Map<K, number>, key: K): void {
     map.set(key, (map.get(key) ?? 0) + 1);
+  }
+
+  /** Records a finished stream: how long the connect took (if it connected) and how long the stream lived. */
+  observeStream(reason: string, connectMs: number | undefined, durationMs: number): void {
+    Metrics.bump(this.streamsClosed, reason);
+    this.registry(); // builds the histograms on first use
+    if (connectMs !== undefined) this.#connectSeconds!.observe(connectMs / 1000);
+    this.#durationSeconds!.observe(durationMs / 1000);
   }
 
   /** A plain-object copy of every counter. */
@@ -41,5 +70,180 @@ export class Metrics {
       out[key] = value instanceof Map ? Object.fromEntries(value) : value as number;
     }
     return out;
+  }
+
+  /** The Prometheus text exposition of every metric. */
+  exposition(): Promise<string> {
+    return this.registry().metrics();
+  }
+
+  /** The content type of {@linkcode exposition}. */
+  get contentType(): string {
+    return this.registry().contentType;
+  }
+
+  /** The prom-client registry, built on first use. */
+  registry(): client.Registry {
+    if (this.#registry !== undefined) return this.#registry;
+    const registry = new client.Registry();
+    const registers = [registry];
+    // deno-lint-ignore no-this-alias
+    const m = this;
+    const gauge = (name: string, help: string, read: () => number) =>
+      new client.Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(read());
+        },
+      });
+    const counter = (name: string, help: string, read: () => number) =>
+      new client.Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          this.reset();
+          this.inc(read());
+        },
+      });
+    const labelled = <K>(
+      name: string,
+      help: string,
+      label: string,
+      map: Map<K, number>,
+      name2 = (k: K) => String(k),
+    ) =>
+      new client.Counter({
+        name,
+        help,
+        labelNames: [label],
+        registers,
+        collect() {
+          this.reset();
+          for (const [key, value] of map) this.inc({ [label]: name2(key) }, value);
+        },
+      });
+    const directed = (
+      name: string,
+      help: string,
+      into: () => number,
+      out: () => number,
+      a: string,
+      b: string,
+    ) =>
+      new client.Counter({
+        name,
+        help,
+        labelNames: ["direction"],
+        registers,
+        collect() {
+          this.reset();
+          this.inc({ direction: a }, into());
+          this.inc({ direction: b }, out());
+        },
+      });
+
+    gauge("aero_proxy_sessions_active", "WebSocket sessions open now", () => m.sessionsActive);
+    counter("aero_proxy_sessions_total", "WebSocket sessions accepted", () => m.sessionsTotal);
+    gauge("aero_proxy_streams_active", "TCP streams open or connecting now", () => m.streamsActive);
+    counter(
+      "aero_proxy_streams_total",
+      "TCP streams accepted (OPENs that passed policy and limits)",
+      () => m.streamsTotal,
+    );
+    labelled("aero_proxy_streams_closed_total", "TCP streams ended, by reason", "reason", m.streamsClosed);
+    directed(
+      "aero_proxy_websocket_bytes_total",
+      "WebSocket message bytes, headers included",
+      () => m.bytesFromClient,
+      () => m.bytesToClient,
+      "from_client",
+      "to_client",
+    );
+    directed(
+      "aero_proxy_websocket_frames_total",
+      "WebSocket messages (protocol frames)",
+      () => m.framesFromClient,
+      () => m.framesToClient,
+      "from_client",
+      "to_client",
+    );
+    directed(
+      "aero_proxy_target_bytes_total",
+      "Stream payload bytes exchanged with targets",
+      () => m.bytesToTargets,
+      () => m.bytesFromTargets,
+      "to_target",
+      "from_target",
+    );
+    counter(
+      "aero_proxy_auth_failures_total",
+      "Upgrades refused for a missing or wrong token",
+      () => m.authFailures,
+    );
+    labelled(
+      "aero_proxy_upgrades_rejected_total",
+      "Upgrades refused by a rule or limit, by kind",
+      "kind",
+      m.rejectedUpgrades,
+    );
+    labelled(
+      "aero_proxy_policy_denied_total",
+      "OPENs denied by the destination policy, by rule",
+      "rule",
+      m.policyDenied,
+    );
+    labelled("aero_proxy_rate_limited_total", "Limits hit, by kind", "kind", m.rateLimited);
+    labelled(
+      "aero_proxy_errors_sent_total",
+      "ERROR frames sent, by code name",
+      "code",
+      m.errorsSent,
+      (code) => ERROR_CODE_NAMES[code] ?? String(code),
+    );
+    counter(
+      "aero_proxy_backpressure_pauses_total",
+      "Times a stream stopped reading its target until the WebSocket drained",
+      () => m.backpressurePauses,
+    );
+    counter(
+      "aero_proxy_backpressure_errors_total",
+      "Streams ended with ERROR 8 because their target did not keep up",
+      () => m.backpressureErrors,
+    );
+    this.#connectSeconds = new client.Histogram({
+      name: "aero_proxy_connect_duration_seconds",
+      help: "Time from OPEN to an established TCP connection",
+      buckets: CONNECT_BUCKETS,
+      registers,
+    });
+    this.#durationSeconds = new client.Histogram({
+      name: "aero_proxy_stream_duration_seconds",
+      help: "Lifetime of TCP streams",
+      buckets: DURATION_BUCKETS,
+      registers,
+    });
+    // Process metrics: prom-client's own collectors read /proc, which Deno's sandbox keeps closed.
+    const startSeconds = Math.round(Date.now() / 1000 - performance.now() / 1000);
+    gauge("process_resident_memory_bytes", "Resident memory size in bytes", () => Deno.memoryUsage().rss);
+    gauge("process_heap_bytes", "JavaScript heap in use, in bytes", () => Deno.memoryUsage().heapUsed);
+    gauge("process_start_time_seconds", "Start time of the process since the Unix epoch", () => startSeconds);
+    counter("process_cpu_seconds_total", "User and system CPU time spent, in seconds", () => {
+      const { user, system } = process.cpuUsage();
+      return (user + system) / 1e6;
+    });
+    new client.Gauge({
+      name: "aero_proxy_info",
+      help: "Build information",
+      labelNames: ["version", "deno"],
+      registers,
+      collect() {
+        this.set({ version: m.#info.version ?? "unknown", deno: Deno.version.deno }, 1);
+      },
+    });
+    this.#registry = registry;
+    return registry;
   }
 }

@@ -84,6 +84,7 @@ export class Relay {
   readonly #allowAnyOrigin: boolean;
   readonly #origins: ReadonlySet<string>;
   readonly #rejectionLog = new LogLimiter(10);
+  #draining = false;
 
   constructor(config: Config, deps: RelayDeps = {}) {
     this.config = config;
@@ -113,13 +114,23 @@ export class Relay {
    * The `Deno.serve` handler. Every refusal is a plain response decided from the request line and headers,
    * before any WebSocket or session state exists.
    */
-  handler = (request: Request, info: Deno.ServeHandlerInfo): Response => {
+  handler = (request: Request, info: Deno.ServeHandlerInfo): Response | Promise<Response> => {
     if (request.url.length > this.config.maxUrlLength) {
       return this.#refuse(request, info, 414, "url_too_long");
     }
     const url = new URL(request.url);
-    if (url.pathname !== MUX_PATH) return text(404, "Not Found");
+    if (url.pathname !== MUX_PATH) {
+      if (url.pathname === "/metrics") {
+        const bearer = /^Bearer[ ]+(\S+)\s*$/i.exec(request.headers.get("authorization") ?? "")?.[1];
+        if (bearer === undefined) return this.#authFailed(request, info, 401, "missing (metrics)");
+        if (!this.#tokens.matches(bearer)) return this.#authFailed(request, info, 403, "invalid (metrics)");
+      }
+      return this.operationsHandler(request);
+    }
     if (request.method !== "GET") return text(405, "Method Not Allowed", { allow: "GET" });
+    if (this.#draining) {
+      return text(503, "Service Unavailable: the relay is shutting down", { "retry-after": "5" });
+    }
 
     const origin = request.headers.get("origin");
     if (origin !== null && !this.#allowAnyOrigin && !this.#origins.has(origin)) {
@@ -225,6 +236,44 @@ export class Relay {
     });
   }
 
+  /**
+   * `/healthz`, `/readyz` and `/metrics` without any token check: the main listener checks the token for
+   * `/metrics` first; the separate metrics listener serves this handler as it is. Every other path is 404.
+   */
+  operationsHandler = async (request: Request): Promise<Response> => {
+    const { pathname } = new URL(request.url);
+    const known = pathname === "/healthz" || pathname === "/readyz" || pathname === "/metrics";
+    if (!known) return text(404, "Not Found");
+    if (request.method !== "GET" && request.method !== "HEAD") {
+      return text(405, "Method Not Allowed", { allow: "GET, HEAD" });
+    }
+    if (pathname === "/healthz") return text(200, "ok");
+    if (pathname === "/readyz") return this.#draining ? text(503, "draining") : text(200, "ready");
+    return new Response(await this.metrics.exposition(), {
+      headers: { "content-type": this.metrics.contentType, "cache-control": "no-store" },
+    });
+  };
+
+  /** Whether the relay is shutting down (new sessions refused, `/readyz` answers 503). */
+  get draining(): boolean {
+    return this.#draining;
+  }
+
+  /**
+   * Starts a graceful shutdown: new sessions get 503, `/readyz` 503; open sessions may go on for `graceMs`, then
+   * whatever is left is closed with 1001. Resolves when every session and stream has ended.
+   */
+  async drain(graceMs: number): Promise<void> {
+    this.#draining = true;
+    const deadline = performance.now() + graceMs;
+    while (this.#sessions.size > 0 && performance.now() < deadline) {
+      await new Promise((resolve) =>
+        setTimeout(resolve, Math.min(50, Math.max(1, deadline - performance.now())))
+      );
+    }
+    await this.closeAll(1001, "relay shutting down");
+  }
+
   /** Closes every session (WebSocket code `code`) and waits until all their streams have ended. */
   async closeAll(code: number, reason: string): Promise<void> {
     const sessions = [...this.#sessions];
@@ -238,29 +287,55 @@ export interface RunningRelay extends AsyncDisposable {
   readonly relay: Relay;
   readonly port: number;
   readonly hostname: string;
-  /** Stops listening, closes every session with 1001 and waits for everything to end. */
+  /** Port of the separate metrics listener, if one was configured. */
+  readonly metricsPort: number | undefined;
+  /**
+   * Graceful stop: refuse new sessions, let open ones finish for `graceMs` (default: the configured grace), then
+   * close the rest with 1001, stop listening and wait for everything to end.
+   */
+  shutdown(graceMs?: number): Promise<void>;
+  /** Immediate stop: `shutdown(0)`. */
   close(): Promise<void>;
 }
 
-/** Starts a relay listening on `config.host:config.port`. */
-export function serveRelay(config: Config, deps: RelayDeps = {}): RunningRelay {
+/** Extra listener settings that are not plain configuration values. */
+export interface ServeOptions {
+  /** PEM certificate and key: serve `wss://` and `https://`. */
+  readonly tls?: { readonly cert: string; readonly key: string };
+}
+
+/** Starts a relay listening on `config.host:config.port` (and the metrics listener, if configured). */
+export function serveRelay(config: Config, deps: RelayDeps = {}, options: ServeOptions = {}): RunningRelay {
   const relay = new Relay(config, deps);
   const abort = new AbortController();
   const server = Deno.serve(
-    { hostname: config.host, port: config.port, signal: abort.signal, onListen: () => {} },
+    {
+      hostname: config.host,
+      port: config.port,
+      signal: abort.signal,
+      onListen: () => {},
+      ...(options.tls ?? {}),
+    },
     relay.handler,
   );
+  const metricsServer = config.metricsPort === undefined ? undefined : Deno.serve(
+    { hostname: config.metricsHost, port: config.metricsPort, signal: abort.signal, onListen: () => {} },
+    relay.operationsHandler,
+  );
   let closing: Promise<void> | undefined;
-  const close = () =>
+  const shutdown = (graceMs = config.shutdownGraceMs) =>
     closing ??= (async () => {
+      await relay.drain(graceMs);
       abort.abort();
-      await relay.closeAll(1001, "relay shutting down");
-      await server.finished;
+      await Promise.all([server.finished, metricsServer?.finished]);
     })();
+  const close = () => shutdown(0);
   return {
     relay,
     port: server.addr.port,
     hostname: server.addr.hostname,
+    metricsPort: metricsServer?.addr.port,
+    shutdown,
     close,
     [Symbol.asyncDispose]: close,
   };

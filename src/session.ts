@@ -392,6 +392,10 @@ export class Session implements StreamHost {
     this.#remember(stream.id);
   }
 
+  observeStream(reason: string, connectMs: number | undefined, durationMs: number): void {
+    this.#metrics.observeStream(reason, connectMs, durationMs);
+  }
+
   countToTarget(n: number): void {
     this.#metrics.bytesToTargets += n;
   }

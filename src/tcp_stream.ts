@@ -79,6 +79,8 @@ export interface StreamHost {
   sendError(connectionId: number, code: ErrorCode, message: string): void;
   /** Called once when the stream has finished. */
   streamFinished(stream: TcpStream): void;
+  /** Records a finished stream in the metrics. */
+  observeStream(reason: CloseReason, connectMs: number | undefined, durationMs: number): void;
   /** A queue overflowed: counted and logged by the session. */
   limitHit(kind: "backpressure" | "client_bytes", id: number, message: string): void;
   countToTarget(n: number): void;
@@ -195,7 +197,7 @@ export class TcpStream {
       // A connection reset before we got here surfaces on the first read or write instead.
     }
     this.#host.sendFrame(encodeOpenAck(this.id));
-    logger.debug("stream_open", () => ({
+    logger.info("stream_open", () => ({
       event: "stream_open",
       sessionId: this.#host.sessionId,
       streamId: this.id,
@@ -359,6 +361,8 @@ export class TcpStream {
     this.#head = 0;
     this.#wake();
     this.#host.streamFinished(this);
+    const durationMs = performance.now() - this.#startedAt;
+    this.#host.observeStream(reason, this.#connectMs, durationMs);
     const fields = {
       event: "stream_close",
       sessionId: this.#host.sessionId,
@@ -366,7 +370,7 @@ export class TcpStream {
       destination: this.destination,
       reason,
       connectMs: this.#connectMs === undefined ? null : Math.round(this.#connectMs),
-      durationMs: Math.round(performance.now() - this.#startedAt),
+      durationMs: Math.round(durationMs),
       bytesToTarget: this.bytesToTarget,
       bytesFromTarget: this.bytesFromTarget,
       ...(error === undefined ? {} : { errorCode: error.code, error: error.message }),

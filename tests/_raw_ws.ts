@@ -14,11 +14,11 @@ export interface RawFrame {
 }
 
 export class RawWebSocket implements AsyncDisposable {
-  readonly conn: Deno.TcpConn;
+  readonly conn: Deno.Conn;
   #buffer: Uint8Array = new Uint8Array(0);
   #closed = false;
 
-  private constructor(conn: Deno.TcpConn) {
+  private constructor(conn: Deno.Conn) {
     this.conn = conn;
   }
 
@@ -27,8 +27,11 @@ export class RawWebSocket implements AsyncDisposable {
     port: number,
     pathAndQuery: string,
     headers: Record<string, string> = {},
+    options: { tls?: { caCerts: string[] } } = {},
   ): Promise<RawWebSocket> {
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    const conn = options.tls === undefined
+      ? await Deno.connect({ hostname: "127.0.0.1", port })
+      : await Deno.connectTls({ hostname: "127.0.0.1", port, caCerts: options.tls.caCerts });
     const ws = new RawWebSocket(conn);
     try {
       const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));

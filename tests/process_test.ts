@@ -122,8 +122,8 @@ Deno.test("bad configuration exits 2 with one line naming the variable", async (
   });
 });
 
-Deno.test("SIGTERM closes sessions and exits 0", async () => {
-  await using relay = await spawnRelay({ AERO_PROXY_AUTH_TOKEN: TOKEN });
+Deno.test("SIGTERM closes sessions after the grace period and exits 0", async () => {
+  await using relay = await spawnRelay({ AERO_PROXY_AUTH_TOKEN: TOKEN, AERO_PROXY_SHUTDOWN_GRACE_MS: "200" });
   const client = await MuxClient.connect(muxUrl(relay.port));
   relay.kill("SIGTERM");
   const event = await withTimeout(client.closed, 10_000, "the session to close");
