@@ -103,7 +103,8 @@ export async function spawnRelay(env: Record<string, string>, args: string[] = [
   const kill = (signal: Deno.Signal = "SIGTERM") => {
     try {
       child.kill(signal);
-      killed = true;
+      // SIGSTOP and SIGCONT pause and resume; disposal must still terminate the process.
+      if (signal !== "SIGSTOP" && signal !== "SIGCONT") killed = true;
     } catch { /* already exited */ }
   };
   const relay: RelayProcess = {

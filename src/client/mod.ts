@@ -1,0 +1,18 @@
+/**
+ * A typed tcp-mux v1 client for browsers and Deno: one {@linkcode RelayClient} per relay session, one
+ * {@linkcode RelayStream} (web streams) per TCP connection. Dependency-free; `aero_client.js` beside this file
+ * is the same code bundled for browsers (`deno task bundle`).
+ * @module
+ */
+export {
+  type Ipv4Address,
+  MUX_SUBPROTOCOL,
+  parseIpv4,
+  RelayClient,
+  type RelayClientOptions,
+  RelayStream,
+  TOKEN_SUBPROTOCOL_PREFIX,
+  type TokenPlacement,
+} from "./relay_client.ts";
+export { RelayError, SessionClosedError } from "./errors.ts";
+export { ErrorCode } from "../protocol/mod.ts";
