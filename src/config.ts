@@ -34,9 +34,11 @@ export interface Config {
   readonly wsHighWatermark: number;
   readonly wsLowWatermark: number;
   readonly logLevel: LogLevel;
+  /** Serve the browser demo page at `/demo/`. */
+  readonly demo: boolean;
 }
 
-type Kind = "host" | "port" | "tokens" | "bool" | "cidrs" | "ports" | "count" | "rate" | "level";
+type Kind = "host" | "port" | "tokens" | "bool" | "cidrs" | "ports" | "count" | "rate" | "level" | "switch";
 
 /** One configuration option: its environment variable, its flag, its default and its meaning. */
 export interface OptionSpec {
@@ -199,6 +201,14 @@ export const OPTIONS: readonly OptionSpec[] = [
     default: "info",
     description: `Lowest log level written: ${LOG_LEVELS.join(", ")}`,
   },
+  {
+    key: "demo",
+    env: "AERO_PROXY_DEMO",
+    flag: "demo",
+    kind: "switch",
+    default: "0",
+    description: "Serve the browser demo page at /demo/ (1, or the bare flag --demo)",
+  },
 ];
 
 /** Bad configuration: the message names every offending variable or flag and what it accepts. */
@@ -263,6 +273,7 @@ function convert(spec: OptionSpec, text: string): { value: unknown } | { problem
       }
       return { value: tokens };
     }
+    case "switch":
     case "bool": {
       const lower = text.trim().toLowerCase();
       if (lower === "1" || lower === "true") return { value: true };
@@ -301,6 +312,11 @@ function convert(spec: OptionSpec, text: string): { value: unknown } | { problem
   }
 }
 
+/** Switches are bare flags (`--demo`); every other option takes a value. */
+function flagType(spec: OptionSpec): "boolean" | "string" {
+  return spec.kind === "switch" ? "boolean" : "string";
+}
+
 /** The environment variables the relay reads; `main.ts` reads exactly these. */
 export const ENV_NAMES: readonly string[] = OPTIONS.map((o) => o.env);
 
@@ -324,7 +340,7 @@ export function parseCommand(
       options: {
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
-        ...Object.fromEntries(OPTIONS.map((o) => [o.flag, { type: "string" as const }])),
+        ...Object.fromEntries(OPTIONS.map((o) => [o.flag, { type: flagType(o) }])),
       },
     });
   } catch (err: unknown) {
@@ -338,7 +354,9 @@ export function parseCommand(
   const problems: string[] = [];
   for (const spec of OPTIONS) {
     const fromFlag = flags[spec.flag];
-    const text = typeof fromFlag === "string" ? fromFlag : env[spec.env] ?? spec.default;
+    // A bare switch (`--demo`) means "1".
+    const flagText = fromFlag === true ? "1" : fromFlag;
+    const text = typeof flagText === "string" ? flagText : env[spec.env] ?? spec.default;
     const result = convert(spec, text);
     if ("problem" in result) {
       problems.push(
@@ -378,7 +396,7 @@ export function helpText(): string {
   ];
   for (const o of OPTIONS) {
     lines.push(
-      `  --${o.flag}=VALUE`,
+      o.kind === "switch" ? `  --${o.flag}` : `  --${o.flag}=VALUE`,
       `      ${o.description}`,
       `      env ${o.env}, default ${o.default === "" ? "(none)" : o.default}`,
     );

@@ -5,6 +5,7 @@
 import { getLogger } from "@logtape/logtape";
 import { tokenFromRequest, TokenSet } from "./auth.ts";
 import type { Config } from "./config.ts";
+import { demoResponse, isDemoPath } from "./demo/mod.ts";
 import { Metrics } from "./metrics.ts";
 import { createPolicy } from "./policy/policy.ts";
 import { MUX_PATH } from "./protocol/mod.ts";
@@ -62,6 +63,8 @@ export class Relay {
   /** The `Deno.serve` handler. */
   handler = (request: Request, info: Deno.ServeHandlerInfo): Response => {
     const url = new URL(request.url);
+    // --demo only: the browser demo page (src/demo/). Off by default.
+    if (this.config.demo && isDemoPath(url.pathname)) return demoResponse(request, url);
     if (url.pathname !== MUX_PATH) return text(404, "Not Found");
     if (request.method !== "GET") return text(405, "Method Not Allowed", { allow: "GET" });
 
