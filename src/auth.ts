@@ -3,6 +3,7 @@
  * @module
  */
 import { createHash, timingSafeEqual } from "node:crypto";
+import { TOKEN_SUBPROTOCOL_PREFIX } from "./protocol/mod.ts";
 
 function digest(text: string): Uint8Array {
   return createHash("sha256").update(text).digest();
@@ -25,11 +26,6 @@ export class TokenSet {
     return found;
   }
 }
-
-/** The non-secret subprotocol the relay selects; a browser client offers it beside its token. */
-export const MUX_SUBPROTOCOL = "aero-tcp-mux-v1";
-/** Prefix of the subprotocol entry that carries the token: `aero-token.<token>`. */
-export const TOKEN_SUBPROTOCOL_PREFIX = "aero-token.";
 
 /** The subprotocols a WebSocket request offers, in order. */
 export function offeredSubprotocols(headers: Headers): string[] {

@@ -65,6 +65,8 @@ export interface Config {
   /** PEM files for serving wss:// directly; both or neither. */
   readonly tlsCertFile: string;
   readonly tlsKeyFile: string;
+  /** Serve the browser demo page at `/demo/`. */
+  readonly demo: boolean;
 }
 
 type Kind =
@@ -80,7 +82,8 @@ type Kind =
   | "rate"
   | "level"
   | "format"
-  | "optport";
+  | "optport"
+  | "switch";
 
 /** One configuration option: its environment variable, its flag, its default and its meaning. */
 export interface OptionSpec {
@@ -398,6 +401,14 @@ export const OPTIONS: readonly OptionSpec[] = [
     default: "",
     description: "PEM private key for AERO_PROXY_TLS_CERT_FILE",
   },
+  {
+    key: "demo",
+    env: "AERO_PROXY_DEMO",
+    flag: "demo",
+    kind: "switch",
+    default: "0",
+    description: "Serve the browser demo page at /demo/ (1, or the bare flag --demo)",
+  },
 ];
 
 /** Bad configuration: the message names every offending variable or flag and what it accepts. */
@@ -498,6 +509,7 @@ function convert(spec: OptionSpec, text: string): { value: unknown } | { problem
       }
       return { value: origins.length === 0 ? ["*"] : origins };
     }
+    case "switch":
     case "bool": {
       const lower = text.trim().toLowerCase();
       if (lower === "1" || lower === "true") return { value: true };
@@ -545,6 +557,11 @@ function convert(spec: OptionSpec, text: string): { value: unknown } | { problem
   }
 }
 
+/** Switches are bare flags (`--demo`); every other option takes a value. */
+function flagType(spec: OptionSpec): "boolean" | "string" {
+  return spec.kind === "switch" ? "boolean" : "string";
+}
+
 /** The environment variables the relay reads; `main.ts` reads exactly these. */
 export const ENV_NAMES: readonly string[] = OPTIONS.map((o) => o.env);
 
@@ -570,7 +587,7 @@ export function parseCommand(
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
         healthcheck: { type: "boolean" },
-        ...Object.fromEntries(OPTIONS.map((o) => [o.flag, { type: "string" as const }])),
+        ...Object.fromEntries(OPTIONS.map((o) => [o.flag, { type: flagType(o) }])),
       },
     });
   } catch (err: unknown) {
@@ -584,7 +601,9 @@ export function parseCommand(
   const problems: string[] = [];
   for (const spec of OPTIONS) {
     const fromFlag = flags[spec.flag];
-    const text = typeof fromFlag === "string" ? fromFlag : env[spec.env] ?? spec.default;
+    // A bare switch (`--demo`) means "1".
+    const flagText = fromFlag === true ? "1" : fromFlag;
+    const text = typeof flagText === "string" ? flagText : env[spec.env] ?? spec.default;
     const result = convert(spec, text);
     if ("problem" in result) {
       problems.push(
@@ -684,7 +703,7 @@ export function helpText(): string {
   ];
   for (const o of OPTIONS) {
     lines.push(
-      `  --${o.flag}=VALUE`,
+      o.kind === "switch" ? `  --${o.flag}` : `  --${o.flag}=VALUE`,
       `      ${o.description}`,
       `      env ${o.env}, default ${o.default === "" ? "(none)" : o.default}`,
     );

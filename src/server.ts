@@ -3,17 +3,12 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import {
-  MUX_SUBPROTOCOL,
-  offeredSubprotocols,
-  TOKEN_SUBPROTOCOL_PREFIX,
-  tokenFromRequest,
-  TokenSet,
-} from "./auth.ts";
+import { offeredSubprotocols, tokenFromRequest, TokenSet } from "./auth.ts";
 import type { Config } from "./config.ts";
+import { demoResponse, isDemoPath } from "./demo/mod.ts";
 import { Metrics } from "./metrics.ts";
 import { createPolicy } from "./policy/policy.ts";
-import { MUX_PATH } from "./protocol/mod.ts";
+import { MUX_PATH, MUX_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX } from "./protocol/mod.ts";
 import { Session } from "./session.ts";
 import type { Dial } from "./tcp_stream.ts";
 
@@ -119,6 +114,8 @@ export class Relay {
       return this.#refuse(request, info, 414, "url_too_long");
     }
     const url = new URL(request.url);
+    // --demo only: the browser demo page (src/demo/). Off by default.
+    if (this.config.demo && isDemoPath(url.pathname)) return demoResponse(request, url);
     if (url.pathname !== MUX_PATH) {
       if (url.pathname === "/metrics") {
         const bearer = /^Bearer[ ]+(\S+)\s*$/i.exec(request.headers.get("authorization") ?? "")?.[1];

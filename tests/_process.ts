@@ -124,7 +124,8 @@ export async function spawnRelay(
   const kill = (signal: Deno.Signal = "SIGTERM") => {
     try {
       child.kill(signal);
-      killed = true;
+      // SIGSTOP and SIGCONT pause and resume; disposal must still terminate the process.
+      if (signal !== "SIGSTOP" && signal !== "SIGCONT") killed = true;
     } catch { /* already exited */ }
   };
   const relay: RelayProcess = {

@@ -96,7 +96,10 @@ Deno.test({ name: "--help lists every option with its variable and default", per
   assert.deepEqual(parseCommand({}, ["--version"]), { kind: "version" });
   const help = helpText();
   for (const option of OPTIONS) {
-    assert.ok(help.includes(`--${option.flag}=`), option.flag);
+    assert.ok(
+      help.includes(option.kind === "switch" ? `--${option.flag}\n` : `--${option.flag}=`),
+      option.flag,
+    );
     assert.ok(help.includes(option.env), option.env);
   }
 });

@@ -4,7 +4,9 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { decodeServerFrame, encodeOpen, FrameType } from "../src/protocol/mod.ts";
+import { RelayClient } from "../src/client/mod.ts";
 import { runToEnd, spawnRelay } from "./_process.ts";
+import { readExactly } from "./client/_streams.ts";
 import { RawWebSocket } from "./_raw_ws.ts";
 import {
   delay,
@@ -38,12 +40,14 @@ Deno.test("deno task start without a token generates one, prints the connect URL
   assert.ok(match, `no connect URL in stderr: ${relay.stderr()}`);
   const [, url, token] = match;
   assert.equal(relay.stderr().split("Connect to:").length, 2, "the URL is printed exactly once");
-  await using client = await MuxClient.connect(url!);
-  await client.open(1, echo.port);
-  client.sendData(1, new Uint8Array([1, 2, 3]));
-  assert.deepEqual(await client.readBytes(1, 3), new Uint8Array([1, 2, 3]));
-  client.sendClose(1);
-  assert.equal((await client.next(1)).type, FrameType.CLOSE);
+  const printed = new URL(url!);
+  printed.search = "";
+  await using client = new RelayClient(printed, { token: token! });
+  const stream = await client.connect(LOOPBACK, echo.port);
+  const writer = stream.writable.getWriter();
+  await writer.write(new Uint8Array([1, 2, 3]));
+  assert.deepEqual(await readExactly(stream.readable, 3), new Uint8Array([1, 2, 3]));
+  await writer.close();
   assert.ok(!JSON.stringify(relay.logs).includes(token!), "the token must not appear in the logs");
 });
 
@@ -124,10 +128,11 @@ Deno.test("bad configuration exits 2 with one line naming the variable", async (
 
 Deno.test("SIGTERM closes sessions after the grace period and exits 0", async () => {
   await using relay = await spawnRelay({ AERO_PROXY_AUTH_TOKEN: TOKEN, AERO_PROXY_SHUTDOWN_GRACE_MS: "200" });
-  const client = await MuxClient.connect(muxUrl(relay.port));
+  const client = new RelayClient(muxUrl(relay.port, null), { token: TOKEN });
+  await client.ready;
   relay.kill("SIGTERM");
-  const event = await withTimeout(client.closed, 10_000, "the session to close");
-  assert.equal(event.code, 1001);
+  const ended = await withTimeout(client.closed, 10_000, "the session to close");
+  assert.equal(ended.closeCode, 1001);
   assert.equal((await relay.status).code, 0);
 });
 

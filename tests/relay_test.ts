@@ -2,7 +2,7 @@
  * End to end against a relay in this process: real WebSocket client, real TCP targets on 127.0.0.1.
  */
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
+import { RelayClient, SessionClosedError } from "../src/client/mod.ts";
 import {
   encodeClose,
   encodeData,
@@ -14,7 +14,6 @@ import {
 } from "../src/protocol/mod.ts";
 import {
   closedPort,
-  concat,
   describeFrame,
   LOOPBACK,
   MuxClient,
@@ -27,10 +26,12 @@ import {
   startSinkServer,
   startSourceServer,
   startStalledServer,
+  startTcpServer,
   TOKEN,
   withTimeout,
 } from "./_util.ts";
 import type { ServerFrame } from "../src/protocol/mod.ts";
+import { digestOf, readExactly } from "./client/_streams.ts";
 
 function expectError(frame: ServerFrame, code: number, pattern?: RegExp): void {
   assert.equal(
@@ -116,44 +117,38 @@ Deno.test("a session authenticated by query or Bearer header relays two streams 
   assert.ok(opened, "Bearer-authenticated WebSocket should open");
 });
 
-Deno.test("1 MiB round-trips in 16 KiB DATA frames, byte for byte", async () => {
+Deno.test("1 MiB round-trips in 16 KiB DATA frames, byte for byte (RelayClient)", async () => {
   await using echo = startEchoServer();
   await using relay = startRelay({ clientBytesPerSec: 0 });
-  await using client = await MuxClient.connect(muxUrl(relay.port));
-  await client.open(7, echo.port);
+  await using client = new RelayClient(muxUrl(relay.port, null), { token: TOKEN });
+  const stream = await client.connect(LOOPBACK, echo.port);
   const payload = new PatternStream(7).fill(new Uint8Array(1 << 20));
-  for (let off = 0; off < payload.byteLength; off += 16 * 1024) {
-    client.sendData(7, payload.subarray(off, off + 16 * 1024));
-  }
-  const echoed = await client.readBytes(7, payload.byteLength);
+  const writer = stream.writable.getWriter();
+  const [, echoed] = await Promise.all([
+    writer.write(payload),
+    readExactly(stream.readable, payload.byteLength),
+  ]);
   assert.equal(echoed.byteLength, payload.byteLength);
   assert.ok(echoed.every((b, i) => b === payload[i]), "echoed bytes differ");
+  await writer.close();
+  assert.equal(relay.relay.metrics.bytesToTargets, payload.byteLength);
 });
 
-Deno.test("a 64 MiB download arrives complete and in order (SHA-256)", async () => {
+Deno.test("a 64 MiB download arrives complete and in order (SHA-256, RelayClient)", async () => {
   const total = 64 * 1024 * 1024;
   await using source = startSourceServer(total, 64);
   await using relay = startRelay();
-  await using client = await MuxClient.connect(muxUrl(relay.port));
-  const hash = createHash("sha256");
-  let received = 0;
-  const { promise: done, resolve, reject } = Promise.withResolvers<void>();
+  await using client = new RelayClient(muxUrl(relay.port, null), { token: TOKEN });
   const started = performance.now();
-  client.onFrames(3, (frame) => {
-    if (frame.type === FrameType.DATA) {
-      hash.update(frame.data);
-      received += frame.data.byteLength;
-    } else if (frame.type === FrameType.CLOSE) resolve();
-    else if (frame.type === FrameType.ERROR) reject(new Error(frame.message));
-  });
-  client.send(encodeOpen(3, LOOPBACK, source.port));
-  await withTimeout(done, 60_000, "the download");
+  const stream = await client.connect(LOOPBACK, source.port);
+  const { hex, bytes } = await withTimeout(digestOf(stream.readable), 60_000, "the download");
   const seconds = (performance.now() - started) / 1000;
   report(
     `64 MiB download through the relay: ${seconds.toFixed(2)} s (${(64 / seconds).toFixed(0)} MiB/s)`,
   );
-  assert.equal(received, total);
-  assert.equal(hash.digest("hex"), patternDigest(total, 64));
+  assert.equal(bytes, total);
+  assert.equal(hex, patternDigest(total, 64));
+  await stream.closed;
 });
 
 Deno.test("close semantics: client CLOSE flushes queued bytes first, target EOF sends every byte then CLOSE", async (t) => {
@@ -293,21 +288,24 @@ Deno.test("session-level violations get ERROR on id 0, then close 1002", async (
   }
 });
 
-Deno.test("one session holds 500 concurrent streams", async () => {
+Deno.test("one session holds 500 concurrent streams (RelayClient)", async () => {
   await using echo = startEchoServer();
   await using relay = startRelay();
-  await using client = await MuxClient.connect(muxUrl(relay.port));
-  const ids = Array.from({ length: 500 }, (_, i) => i + 1);
-  for (const id of ids) client.send(encodeOpen(id, LOOPBACK, echo.port));
-  for (const id of ids) assert.equal((await client.next(id)).type, FrameType.OPEN, `ack ${id}`);
+  await using client = new RelayClient(muxUrl(relay.port, null), { token: TOKEN });
+  const streams = await Promise.all(Array.from({ length: 500 }, () => client.connect(LOOPBACK, echo.port)));
   assert.equal(relay.relay.metrics.streamsActive, 500);
-  for (const id of ids) client.sendData(id, new TextEncoder().encode(`#${id}`));
-  for (const id of ids) {
-    assert.equal(new TextDecoder().decode(await client.readBytes(id, `#${id}`.length)), `#${id}`);
-  }
-  for (const id of ids) client.sendClose(id);
-  for (const id of ids) assert.equal((await client.next(id)).type, FrameType.CLOSE);
+  await Promise.all(streams.map(async (stream) => {
+    const message = new TextEncoder().encode(`#${stream.id}`);
+    const writer = stream.writable.getWriter();
+    await writer.write(message);
+    assert.equal(
+      new TextDecoder().decode(await readExactly(stream.readable, message.byteLength)),
+      `#${stream.id}`,
+    );
+    await writer.close();
+  }));
   assert.equal(relay.relay.metrics.streamsActive, 0);
+  assert.equal(client.streamCount, 0);
 });
 
 Deno.test("a target that stops reading gets ERROR 8 on its stream only; another stream still echoes", async () => {
@@ -369,19 +367,20 @@ Deno.test("per-session limits: stream count and OPEN rate give ERROR 4, the sess
   });
 });
 
-Deno.test("when the WebSocket goes away every TCP socket of the session is closed", async () => {
+Deno.test("when the WebSocket goes away every TCP socket of the session is closed (RelayClient)", async () => {
   await using relay = startRelay();
   let closedByRelay = 0;
   const { promise: allClosed, resolve } = Promise.withResolvers<void>();
-  await using server = (await import("./_util.ts")).startTcpServer(async (conn) => {
+  await using server = startTcpServer(async (conn) => {
     const buf = new Uint8Array(1024);
     while ((await conn.read(buf)) !== null) { /* wait for EOF */ }
     if (++closedByRelay === 3) resolve();
   });
-  const client = await MuxClient.connect(muxUrl(relay.port));
-  for (const id of [1, 2, 3]) await client.open(id, server.port);
-  client.ws.close();
-  await client.closed;
+  const client = new RelayClient(muxUrl(relay.port, null), { token: TOKEN });
+  const streams = [];
+  for (let i = 0; i < 3; i++) streams.push(await client.connect(LOOPBACK, server.port));
+  await client.close();
+  for (const stream of streams) await assert.rejects(stream.closed, SessionClosedError);
   await withTimeout(allClosed, 2000, "the relay to close all three target sockets");
   assert.equal(server.accepted, 3);
   await withTimeout(
@@ -392,5 +391,4 @@ Deno.test("when the WebSocket goes away every TCP socket of the session is close
     "streamsActive to reach 0",
   );
   assert.equal(relay.relay.metrics.sessionsActive, 0);
-  assert.equal(concat([]).byteLength, 0);
 });

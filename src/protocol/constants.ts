@@ -50,3 +50,8 @@ export const MAX_ERROR_MESSAGE_BYTES = 0xffff;
 
 /** The path on which the relay accepts WebSocket sessions. */
 export const MUX_PATH = "/tcp-mux";
+
+/** The non-secret subprotocol the relay selects when a client offers it (needed beside a token subprotocol). */
+export const MUX_SUBPROTOCOL = "aero-tcp-mux-v1";
+/** Prefix of the subprotocol entry that carries the token: `aero-token.<token>`. */
+export const TOKEN_SUBPROTOCOL_PREFIX = "aero-token.";
