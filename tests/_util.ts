@@ -2,6 +2,7 @@
  * Test fixtures: relays, target servers and clients, all on 127.0.0.1, all `AsyncDisposable`.
  * @module
  */
+import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { type Config, defaultConfig } from "../src/config.ts";
 import {
@@ -406,4 +407,24 @@ export function sha256Hex(bytes: Uint8Array): string {
 export function report(line: string): void {
   // deno-lint-ignore no-console
   console.log(`  [measured] ${line}`);
+}
+
+/** Asserts that `frame` is an ERROR with `code` (and a message matching `pattern`). */
+export function expectError(frame: ServerFrame, code: number, pattern?: RegExp): void {
+  assert.equal(
+    frame.type,
+    FrameType.ERROR,
+    `expected ERROR ${code}, got ${JSON.stringify(describeFrame(frame))}`,
+  );
+  if (frame.type !== FrameType.ERROR) return;
+  assert.equal(frame.code, code, frame.message);
+  if (pattern !== undefined) assert.match(frame.message, pattern);
+}
+
+/** Whether a command is installed (runs `name args` and checks it succeeds). */
+export function hasCommand(name: string, args: string[] = ["--version"]): Promise<boolean> {
+  return new Deno.Command(name, { args, stdout: "null", stderr: "null" }).output().then(
+    (o) => o.success,
+    () => false,
+  );
 }

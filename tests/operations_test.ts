@@ -10,6 +10,7 @@ import { runToEnd, spawnRelay, startCommand } from "./_process.ts";
 import { RawWebSocket } from "./_raw_ws.ts";
 import {
   delay,
+  hasCommand,
   LOOPBACK,
   MuxClient,
   muxUrl,
@@ -185,10 +186,7 @@ Deno.test("graceful shutdown ends early when the last session leaves; a second s
 });
 
 Deno.test("TLS: wss:// and https:// with a certificate made at test time", async (t) => {
-  const openssl = await new Deno.Command("openssl", { args: ["version"], stdout: "null", stderr: "null" })
-    .output()
-    .then((o) => o.success, () => false);
-  if (!openssl) {
+  if (!(await hasCommand("openssl", ["version"]))) {
     report("skipped: openssl is not installed");
     return;
   }

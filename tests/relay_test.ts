@@ -14,7 +14,7 @@ import {
 } from "../src/protocol/mod.ts";
 import {
   closedPort,
-  describeFrame,
+  expectError,
   LOOPBACK,
   MuxClient,
   muxUrl,
@@ -32,17 +32,6 @@ import {
 } from "./_util.ts";
 import type { ServerFrame } from "../src/protocol/mod.ts";
 import { digestOf, readExactly } from "./client/_streams.ts";
-
-function expectError(frame: ServerFrame, code: number, pattern?: RegExp): void {
-  assert.equal(
-    frame.type,
-    FrameType.ERROR,
-    `expected ERROR ${code}, got ${JSON.stringify(describeFrame(frame))}`,
-  );
-  if (frame.type !== FrameType.ERROR) return;
-  assert.equal(frame.code, code, frame.message);
-  if (pattern !== undefined) assert.match(frame.message, pattern);
-}
 
 /** Proves the session still works: a fresh stream echoes. */
 async function assertEchoes(client: MuxClient, id: number, echoPort: number): Promise<void> {

@@ -2,12 +2,13 @@
  * Who may connect, and every per-session limit: each rule over real sockets, and the session surviving it.
  */
 import assert from "node:assert/strict";
-import { encodeData, encodeOpen, ErrorCode, FrameType, type ServerFrame } from "../src/protocol/mod.ts";
+import { encodeData, encodeOpen, ErrorCode, FrameType } from "../src/protocol/mod.ts";
 import { spawnRelay } from "./_process.ts";
 import { RawWebSocket } from "./_raw_ws.ts";
 import {
   delay,
-  describeFrame,
+  expectError,
+  hasCommand,
   LOOPBACK,
   MuxClient,
   muxUrl,
@@ -19,17 +20,6 @@ import {
   TOKEN,
   withTimeout,
 } from "./_util.ts";
-
-function expectError(frame: ServerFrame, code: number, pattern?: RegExp): void {
-  assert.equal(
-    frame.type,
-    FrameType.ERROR,
-    `expected ERROR ${code}, got ${JSON.stringify(describeFrame(frame))}`,
-  );
-  if (frame.type !== FrameType.ERROR) return;
-  assert.equal(frame.code, code, frame.message);
-  if (pattern !== undefined) assert.match(frame.message, pattern);
-}
 
 async function echoOnce(client: MuxClient, id: number, port: number): Promise<void> {
   await client.open(id, port);
@@ -184,10 +174,7 @@ Deno.test("a message over the frame limit gets ERROR 5 on id 0 and close 1009", 
 });
 
 Deno.test("TCP connect timeout gives ERROR 6 (a listener with a full accept queue never answers)", async (t) => {
-  const python = await new Deno.Command("python3", { args: ["--version"], stdout: "null", stderr: "null" })
-    .output()
-    .then((o) => o.success, () => false);
-  if (!python) {
+  if (!(await hasCommand("python3"))) {
     report("skipped: python3 is not installed (it provides a listener with a zero-length accept queue)");
     return;
   }

@@ -166,6 +166,16 @@ function streamError(connectionId: number, message: string): ProtocolError {
   return new ProtocolError(message, { scope: "stream", connectionId });
 }
 
+/** OPEN acknowledgements and CLOSE frames carry nothing. */
+function requireEmpty(what: string, connectionId: number, payload: Uint8Array): void {
+  if (payload.byteLength !== 0) {
+    throw streamError(
+      connectionId,
+      `Cannot decode ${what}: expected an empty payload, got ${payload.byteLength} bytes`,
+    );
+  }
+}
+
 function decodeErrorPayload(connectionId: number, payload: Uint8Array): ErrorFrame {
   if (payload.byteLength < ERROR_PREFIX_SIZE) {
     throw streamError(
@@ -241,12 +251,7 @@ export function decodeClientFrame(bytes: Uint8Array): ClientFrame {
       if (connectionId === SESSION_ID) {
         throw streamError(connectionId, "Invalid CLOSE frame: connection id 0 is reserved");
       }
-      if (payload.byteLength !== 0) {
-        throw streamError(
-          connectionId,
-          `Cannot decode CLOSE frame: expected an empty payload, got ${payload.byteLength} bytes`,
-        );
-      }
+      requireEmpty("CLOSE frame", connectionId, payload);
       return { type: FrameType.CLOSE, connectionId };
     default:
       // Only FrameType.ERROR is left: decodeHeader rejected every other type byte.
@@ -263,22 +268,12 @@ export function decodeServerFrame(bytes: Uint8Array): ServerFrame {
   const { type, connectionId, payload } = decodeHeader(bytes);
   switch (type) {
     case FrameType.OPEN:
-      if (payload.byteLength !== 0) {
-        throw streamError(
-          connectionId,
-          `Cannot decode OPEN acknowledgement: expected an empty payload, got ${payload.byteLength} bytes`,
-        );
-      }
+      requireEmpty("OPEN acknowledgement", connectionId, payload);
       return { type: FrameType.OPEN, connectionId, ack: true };
     case FrameType.DATA:
       return { type: FrameType.DATA, connectionId, data: payload };
     case FrameType.CLOSE:
-      if (payload.byteLength !== 0) {
-        throw streamError(
-          connectionId,
-          `Cannot decode CLOSE frame: expected an empty payload, got ${payload.byteLength} bytes`,
-        );
-      }
+      requireEmpty("CLOSE frame", connectionId, payload);
       return { type: FrameType.CLOSE, connectionId };
     default:
       return decodeErrorPayload(connectionId, payload);
