@@ -13,8 +13,14 @@ import {
   writeHeader,
 } from "./protocol/mod.ts";
 
-/** Bytes read from a target per DATA frame. */
+/** Most bytes read from a target per DATA frame. */
 export const READ_SIZE = 64 * 1024;
+/**
+ * First read buffer of a stream. An idle stream keeps only this much pinned in its pending read; a read that
+ * fills the buffer grows it fourfold, up to {@linkcode READ_SIZE}, so a bulk transfer reaches full-size reads
+ * after three reads.
+ */
+export const INITIAL_READ_SIZE = 1 * 1024;
 /**
  * Bookkeeping charged per queued DATA chunk on top of its length, so that a flood of tiny frames cannot hold
  * more memory than the queue cap suggests.
@@ -160,9 +166,9 @@ export class TcpStream {
   /** Target -> client: one DATA frame per read, pausing while the WebSocket is congested. */
   async #readLoop(conn: Deno.TcpConn): Promise<void> {
     // The header is the same for every DATA frame of this stream: write it once, read payloads after it.
-    const frame = new Uint8Array(HEADER_SIZE + READ_SIZE);
+    let frame = new Uint8Array(HEADER_SIZE + INITIAL_READ_SIZE);
     writeHeader(frame, FrameType.DATA, this.id);
-    const payload = frame.subarray(HEADER_SIZE);
+    let payload = frame.subarray(HEADER_SIZE);
     try {
       while (!this.#closed) {
         if (this.#host.congested) {
@@ -179,6 +185,11 @@ export class TcpStream {
         this.#host.countFromTarget(n);
         // WebSocket.send copies the bytes, so the buffer is free for the next read at once.
         this.#host.sendFrame(frame.subarray(0, HEADER_SIZE + n));
+        if (n === payload.byteLength && n < READ_SIZE) {
+          frame = new Uint8Array(HEADER_SIZE + Math.min(READ_SIZE, n * 4));
+          writeHeader(frame, FrameType.DATA, this.id);
+          payload = frame.subarray(HEADER_SIZE);
+        }
       }
     } catch (err: unknown) {
       if (this.#closed) return;
