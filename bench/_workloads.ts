@@ -15,7 +15,11 @@ const MIB = 1024 * 1024;
 const STALL_MS = 10_000;
 /** No single transfer may take longer than this. */
 const TRANSFER_MS = 120_000;
-/** Unacknowledged upload bytes the client allows; below the relay's 1 MiB stream queue, as a client must. */
+/**
+ * Unacknowledged upload bytes the client allows by default: below the relay's default 1 MiB stream queue, as
+ * a client must stay (the protocol has no flow control towards the relay, so a client that sends more than
+ * the queue holds gets ERROR 8 from a slow target).
+ */
 export const UPLOAD_WINDOW = 7 * ACK_UNIT;
 
 /** Ports of the targets. */
@@ -146,6 +150,7 @@ async function relayUpload(
   targets: Targets,
   total: number,
   frameSize: number,
+  window: number,
 ): Promise<Metrics> {
   await using session = await MuxSession.connect(relay.port, BENCH_TOKEN);
   const id = 1;
@@ -170,7 +175,7 @@ async function relayUpload(
   try {
     let sent = 0;
     for (let rounds = 0; acked < total && rounds < total; rounds++) {
-      while (sent < total && sent - acked + frameSize <= UPLOAD_WINDOW) {
+      while (sent < total && sent - acked + frameSize <= window) {
         session.sendFrame(frame);
         sent += frameSize;
       }
@@ -193,10 +198,11 @@ export function upload(
   targets: Targets,
   total: number,
   frameSize: number,
+  window = UPLOAD_WINDOW,
 ) {
   return relay === undefined
     ? rawUpload(targets, total, frameSize)
-    : relayUpload(relay, targets, total, frameSize);
+    : relayUpload(relay, targets, total, frameSize, window);
 }
 
 // --- W3 RTT, also used by W6 and W7 ---------------------------------------------------------------------

@@ -6,7 +6,7 @@
  *
  * Options: `--quick` (smaller sizes), `--runs=N` (default 3), `--only=W1,W3`, `--out=FILE`,
  * `--profile=DIR` (V8 CPU profile of the subprocess relay), `--relay-env=NAME=VALUE` (repeatable, e.g.
- * watermarks), `--no-in-process`.
+ * watermarks), `--upload-window=KiB` (W2's unacknowledged bytes), `--no-in-process`.
  * @module
  */
 import { parseArgs } from "node:util";
@@ -46,6 +46,7 @@ const { values: flags } = parseArgs({
     profile: { type: "string" },
     "relay-env": { type: "string", multiple: true },
     "no-in-process": { type: "boolean", default: false },
+    "upload-window": { type: "string" },
   },
 });
 
@@ -60,6 +61,12 @@ const sizes = {
   w6Pings: quick ? 1000 : 5000,
   w7Seconds: quick ? 1 : 3,
 };
+const uploadWindow = flags["upload-window"] === undefined
+  ? UPLOAD_WINDOW
+  : Number(flags["upload-window"]) * 1024;
+if (!Number.isSafeInteger(uploadWindow) || uploadWindow < 64 * 1024) {
+  throw new Error("--upload-window expects KiB, at least 64");
+}
 const only = flags.only === undefined ? undefined : new Set(flags.only.split(",").map((w) => w.trim()));
 const relayEnv: Record<string, string> = {};
 for (const pair of flags["relay-env"] ?? []) {
@@ -177,9 +184,9 @@ say(`relay env: ${Object.entries({ ...BENCH_ENV, ...relayEnv }).map(([k, v]) => 
     }
     if (wanted("W2")) {
       say(`W2 upload ${sizes.upload / MIB} MiB in 16 KiB frames`);
-      await subprocessOnly("W2-16K", (r) => upload(r, targets, sizes.upload, 16 * 1024));
+      await subprocessOnly("W2-16K", (r) => upload(r, targets, sizes.upload, 16 * 1024, uploadWindow));
       say(`W2 upload ${sizes.upload / MIB} MiB in 64 KiB frames`);
-      await withInProcess("W2-64K", (r) => upload(r, targets, sizes.upload, 64 * 1024));
+      await withInProcess("W2-64K", (r) => upload(r, targets, sizes.upload, 64 * 1024, uploadWindow));
     }
     if (wanted("W3")) {
       say(`W3 64-byte echo RTT x ${sizes.pings}`);
@@ -422,7 +429,7 @@ say();
 say("CPU share, % of one core (2 cores in all), median (min-max) over the runs:");
 say(cpuLines.join("\n"));
 say();
-say(`Upload window: ${UPLOAD_WINDOW / 1024} KiB unacknowledged. Total time ${totalSeconds.toFixed(0)} s.`);
+say(`Upload window: ${uploadWindow / 1024} KiB unacknowledged. Total time ${totalSeconds.toFixed(0)} s.`);
 if (failures.length > 0) say(`Failures:\n${failures.map((f) => `  - ${f}`).join("\n")}`);
 
 const out = flags.out ?? "bench/results/latest.json";
