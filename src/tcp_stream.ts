@@ -127,19 +127,27 @@ export class TcpStream {
 
   async #run(): Promise<void> {
     let conn: Deno.TcpConn;
+    // One controller and one timer that is cleared once connected: AbortSignal.timeout() would keep its timer
+    // and AbortSignal.any() its signals alive for the whole timeout, per stream.
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      this.#dialAbort.abort(new DOMException("Connect timed out", "TimeoutError"));
+    }, this.#host.connectTimeoutMs);
     try {
-      const signal = AbortSignal.any([
-        this.#dialAbort.signal,
-        AbortSignal.timeout(this.#host.connectTimeoutMs),
-      ]);
-      conn = await this.#host.dial({ hostname: this.#hostname, port: this.#port, signal });
+      conn = await this.#host.dial({
+        hostname: this.#hostname,
+        port: this.#port,
+        signal: this.#dialAbort.signal,
+      });
     } catch (err: unknown) {
       if (this.#closed) return;
-      const timedOut = err instanceof DOMException && err.name === "TimeoutError";
       const { code, reason } = connectErrorCode(err);
       const detail = timedOut ? `timed out after ${this.#host.connectTimeoutMs} ms` : describe(err);
       this.finish(reason, { code, message: `Cannot connect to ${this.destination}: ${detail}` });
       return;
+    } finally {
+      clearTimeout(timer);
     }
     if (this.#closed) {
       conn.close();
