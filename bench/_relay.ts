@@ -26,6 +26,8 @@ export const BENCH_ENV: Readonly<Record<string, string>> = {
 export interface RelayUnderTest extends AsyncDisposable {
   readonly kind: "subprocess" | "in-process";
   readonly port: number;
+  /** The relay's process id. */
+  readonly pid: number;
   /** The relay's resident set size in bytes (for in-process: this whole process). */
   rss(): Promise<number>;
   /** The relay's CPU seconds so far (for in-process: this whole process). */
@@ -45,14 +47,18 @@ export interface SpawnOptions {
   readonly env?: Readonly<Record<string, string>>;
   /** Write a V8 CPU profile into this directory when the relay exits. */
   readonly profileDir?: string;
+  /** Extra flags for `deno run` (e.g. `--v8-flags=...`), for experiments. */
+  readonly denoFlags?: readonly string[];
 }
 
 /** Starts main.ts in a subprocess and waits (at most 20 s) until it accepts connections. */
 export async function spawnRelay(options: SpawnOptions = {}): Promise<RelayUnderTest> {
   const { cmd, args } = startCommand();
-  const runArgs = options.profileDir === undefined
-    ? args
-    : [args[0]!, "--cpu-prof", `--cpu-prof-dir=${options.profileDir}`, ...args.slice(1)];
+  const extra = [
+    ...(options.profileDir === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${options.profileDir}`]),
+    ...(options.denoFlags ?? []),
+  ];
+  const runArgs = [args[0]!, ...extra, ...args.slice(1)];
   if (!runArgs.includes("--allow-net=127.0.0.0/8")) {
     throw new Error(`The start command does not narrow --allow-net to loopback: ${runArgs.join(" ")}`);
   }
@@ -90,6 +96,7 @@ export async function spawnRelay(options: SpawnOptions = {}): Promise<RelayUnder
   return {
     kind: "subprocess",
     port,
+    pid: child.pid,
     rss: () => rssOf(child.pid),
     cpuSeconds: () => cpuSecondsOf(child.pid),
     async [Symbol.asyncDispose]() {
@@ -114,6 +121,7 @@ export function startInProcessRelay(): RelayUnderTest {
   return {
     kind: "in-process",
     port: running.port,
+    pid: Deno.pid,
     rss: () => Promise.resolve(Deno.memoryUsage().rss),
     cpuSeconds: () => Promise.resolve(ownCpuSeconds()),
     [Symbol.asyncDispose]: () => running.close(),
