@@ -49,6 +49,8 @@ export interface SpawnOptions {
   readonly profileDir?: string;
   /** Extra flags for `deno run` (e.g. `--v8-flags=...`), for experiments. */
   readonly denoFlags?: readonly string[];
+  /** Run main.ts from this checkout instead of this one (A/B comparisons of two versions). */
+  readonly relayDir?: string;
 }
 
 /** Starts main.ts in a subprocess and waits (at most 20 s) until it accepts connections. */
@@ -66,6 +68,7 @@ export async function spawnRelay(options: SpawnOptions = {}): Promise<RelayUnder
   const child = new Deno.Command(cmd, {
     args: runArgs,
     env: { NO_COLOR: "1", ...BENCH_ENV, ...options.env, AERO_PROXY_PORT: String(port) },
+    ...(options.relayDir === undefined ? {} : { cwd: options.relayDir }),
     stdin: "null",
     stdout: "null",
     stderr: "inherit",

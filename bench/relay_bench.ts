@@ -6,7 +6,8 @@
  *
  * Options: `--quick` (smaller sizes), `--runs=N` (default 3), `--only=W1,W3`, `--out=FILE`,
  * `--profile=DIR` (V8 CPU profile of the subprocess relay), `--relay-env=NAME=VALUE` (repeatable, e.g.
- * watermarks), `--upload-window=KiB` (W2's unacknowledged bytes), `--no-in-process`.
+ * watermarks), `--upload-window=KiB` (W2's unacknowledged bytes), `--relay-dir=DIR` (run the subprocess relay
+ * from another checkout, for A/B comparisons), `--no-in-process`.
  * @module
  */
 import { parseArgs } from "node:util";
@@ -47,6 +48,7 @@ const { values: flags } = parseArgs({
     "relay-env": { type: "string", multiple: true },
     "no-in-process": { type: "boolean", default: false },
     "upload-window": { type: "string" },
+    "relay-dir": { type: "string" },
   },
 });
 
@@ -76,7 +78,11 @@ for (const pair of flags["relay-env"] ?? []) {
   }
   relayEnv[pair.slice(0, eq)] = pair.slice(eq + 1);
 }
-const spawnOptions = { env: relayEnv, ...(flags.profile === undefined ? {} : { profileDir: flags.profile }) };
+const spawnOptions = {
+  env: relayEnv,
+  ...(flags.profile === undefined ? {} : { profileDir: flags.profile }),
+  ...(flags["relay-dir"] === undefined ? {} : { relayDir: flags["relay-dir"] }),
+};
 
 type Variant = "raw" | "relay" | "inproc";
 /** Every measured value: workload -> variant -> metric -> one value per run. */
