@@ -37,11 +37,14 @@ export const CLOSE_GOING_AWAY = 1001;
 const RECENT_IDS = 4096;
 /**
  * How a waiting reader learns that the WebSocket has drained. Deno has no drain event, and its timers fire
- * 1-4 ms late (nested timers are clamped to 4 ms), while 384 KiB drain from the high to the low watermark in
- * well under a millisecond on a fast link. So the session first checks on every event-loop turn
- * (`setImmediate`, which still lets every other socket's I/O run in between) for up to DRAIN_SPIN_MS, then
- * falls back to a timer every DRAIN_POLL_MS for a client that is really slow.
+ * 1-4 ms late (nested timers are clamped to 4 ms), while the buffer drains from the high to the low watermark
+ * in well under a millisecond towards a fast client. So the session checks on every event-loop turn
+ * (`setImmediate`; every other socket's I/O still runs in between) while that pays: for the first
+ * DRAIN_PROBE_MS of a wait, and whenever the drain rate seen so far predicts the low watermark within
+ * DRAIN_SPIN_MS. Otherwise (a slow client) it checks with a timer every DRAIN_POLL_MS, so a slow client costs
+ * a few event-loop turns per wait, not a busy loop.
  */
+const DRAIN_PROBE_MS = 0.5;
 const DRAIN_SPIN_MS = 2;
 const DRAIN_POLL_MS = 1;
 
@@ -81,7 +84,9 @@ export class Session implements StreamHost {
   #drainWaiters: (() => void)[] = [];
   #drainTimer: ReturnType<typeof setTimeout> | undefined;
   #drainImmediate: ReturnType<typeof setImmediate> | undefined;
+  /** When the current wait began, and the send buffer's size then (to estimate the drain rate). */
   #drainSince = 0;
+  #drainFrom = 0;
   #closed = false;
   #streamsOpened = 0;
   #bytesIn = 0;
@@ -278,6 +283,7 @@ export class Session implements StreamHost {
     // One check per session serves every waiting stream; it runs only while someone waits.
     if (this.#drainTimer === undefined && this.#drainImmediate === undefined) {
       this.#drainSince = performance.now();
+      this.#drainFrom = this.#socket.bufferedAmount;
       this.#drainImmediate = setImmediate(this.#checkDrain);
     }
     return promise;
@@ -286,11 +292,18 @@ export class Session implements StreamHost {
   #checkDrain = (): void => {
     this.#drainTimer = undefined;
     this.#drainImmediate = undefined;
-    if (this.#closed || this.#socket.bufferedAmount <= this.#lowWatermark) {
+    const buffered = this.#closed ? 0 : this.#socket.bufferedAmount;
+    if (buffered <= this.#lowWatermark) {
       const waiters = this.#drainWaiters;
       this.#drainWaiters = [];
       for (const resolve of waiters) resolve();
-    } else if (performance.now() - this.#drainSince < DRAIN_SPIN_MS) {
+      return;
+    }
+    const elapsed = performance.now() - this.#drainSince;
+    const drained = this.#drainFrom - buffered;
+    // Time until the low watermark at the rate seen so far; unknown (infinite) while nothing has drained.
+    const left = drained > 0 ? ((buffered - this.#lowWatermark) * elapsed) / drained : Infinity;
+    if (elapsed < DRAIN_PROBE_MS || left <= DRAIN_SPIN_MS) {
       this.#drainImmediate = setImmediate(this.#checkDrain);
     } else {
       this.#drainTimer = setTimeout(this.#checkDrain, DRAIN_POLL_MS);
