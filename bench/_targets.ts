@@ -5,6 +5,9 @@
  * @module
  */
 
+/** Reads one target connection may do before it is dropped: a bound on every server loop. */
+const MAX_READS = 10_000_000;
+
 /** Bytes of sink traffic covered by one acknowledgement byte. */
 export const ACK_UNIT = 128 * 1024;
 
@@ -84,7 +87,7 @@ export function startAckSink(): Target {
     const acks = new Uint8Array(1024).fill(1);
     let received = 0;
     let acked = 0;
-    for (;;) {
+    for (let reads = 0; reads < MAX_READS; reads++) {
       const n = await conn.read(buf);
       if (n === null) return;
       received += n;
@@ -101,7 +104,7 @@ export function startAckSink(): Target {
 export function startEcho(): Target {
   return startServer(async (conn) => {
     const buf = new Uint8Array(64 * 1024);
-    for (;;) {
+    for (let reads = 0; reads < MAX_READS; reads++) {
       const n = await conn.read(buf);
       if (n === null) return;
       await writeAll(conn, buf.subarray(0, n));
