@@ -4,6 +4,7 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
+import { clearImmediate, setImmediate } from "node:timers";
 import type { Config } from "./config.ts";
 import { Metrics } from "./metrics.ts";
 import type { Policy } from "./policy/policy.ts";
@@ -38,7 +39,17 @@ export const CLOSE_NORMAL = 1000;
  * the wire; it is dropped quietly instead of answered with ERROR 5. Bounded: oldest ids fall out first.
  */
 const RECENT_IDS = 4096;
-/** How often a waiting reader checks whether the WebSocket has drained. */
+/**
+ * How a waiting reader learns that the WebSocket has drained. Deno has no drain event, and its timers fire
+ * 1-4 ms late (nested timers are clamped to 4 ms), while the buffer drains from the high to the low watermark
+ * in well under a millisecond towards a fast client. So the session checks on every event-loop turn
+ * (`setImmediate`; every other socket's I/O still runs in between) while that pays: for the first
+ * DRAIN_PROBE_MS of a wait, and whenever the drain rate seen so far predicts the low watermark within
+ * DRAIN_SPIN_MS. Otherwise (a slow client) it checks with a timer every DRAIN_POLL_MS, so a slow client costs
+ * a few event-loop turns per wait, not a busy loop.
+ */
+const DRAIN_PROBE_MS = 0.5;
+const DRAIN_SPIN_MS = 2;
 const DRAIN_POLL_MS = 1;
 
 /** Everything a session needs, injected by the server. */
@@ -79,6 +90,10 @@ export class Session implements StreamHost {
   readonly #limitsLogged = new Set<string>();
   #drainWaiters: (() => void)[] = [];
   #drainTimer: ReturnType<typeof setTimeout> | undefined;
+  #drainImmediate: ReturnType<typeof setImmediate> | undefined;
+  /** When the current wait began, and the send buffer's size then (to estimate the drain rate). */
+  #drainSince = 0;
+  #drainFrom = 0;
   #closed = false;
   #streamsOpened = 0;
   #bytesIn = 0;
@@ -338,17 +353,31 @@ export class Session implements StreamHost {
     this.#metrics.backpressurePauses++;
     const { promise, resolve } = Promise.withResolvers<void>();
     this.#drainWaiters.push(resolve);
-    // One timer per session serves every waiting stream; it runs only while someone waits.
-    this.#drainTimer ??= setTimeout(this.#checkDrain, DRAIN_POLL_MS);
+    // One check per session serves every waiting stream; it runs only while someone waits.
+    if (this.#drainTimer === undefined && this.#drainImmediate === undefined) {
+      this.#drainSince = performance.now();
+      this.#drainFrom = this.#socket.bufferedAmount;
+      this.#drainImmediate = setImmediate(this.#checkDrain);
+    }
     return promise;
   }
 
   #checkDrain = (): void => {
     this.#drainTimer = undefined;
-    if (this.#closed || this.#socket.bufferedAmount <= this.#lowWatermark) {
+    this.#drainImmediate = undefined;
+    const buffered = this.#closed ? 0 : this.#socket.bufferedAmount;
+    if (buffered <= this.#lowWatermark) {
       const waiters = this.#drainWaiters;
       this.#drainWaiters = [];
       for (const resolve of waiters) resolve();
+      return;
+    }
+    const elapsed = performance.now() - this.#drainSince;
+    const drained = this.#drainFrom - buffered;
+    // Time until the low watermark at the rate seen so far; unknown (infinite) while nothing has drained.
+    const left = drained > 0 ? ((buffered - this.#lowWatermark) * elapsed) / drained : Infinity;
+    if (elapsed < DRAIN_PROBE_MS || left <= DRAIN_SPIN_MS) {
+      this.#drainImmediate = setImmediate(this.#checkDrain);
     } else {
       this.#drainTimer = setTimeout(this.#checkDrain, DRAIN_POLL_MS);
     }
@@ -422,7 +451,9 @@ export class Session implements StreamHost {
     this.#closed = true;
     for (const stream of [...this.#streams.values()]) stream.finish("session_closed");
     if (this.#drainTimer !== undefined) clearTimeout(this.#drainTimer);
+    if (this.#drainImmediate !== undefined) clearImmediate(this.#drainImmediate);
     this.#drainTimer = undefined;
+    this.#drainImmediate = undefined;
     if (this.#sweepTimer !== undefined) clearInterval(this.#sweepTimer);
     this.#sweepTimer = undefined;
     this.#checkDrain();

@@ -13,8 +13,14 @@ import {
   writeHeader,
 } from "./protocol/mod.ts";
 
-/** Bytes read from a target per DATA frame. */
+/** Most bytes read from a target per DATA frame. */
 export const READ_SIZE = 64 * 1024;
+/**
+ * First read buffer of a stream. An idle stream keeps only this much pinned in its pending read; a read that
+ * fills the buffer grows it fourfold, up to {@linkcode READ_SIZE}, so a bulk transfer reaches full-size reads
+ * after three reads.
+ */
+export const INITIAL_READ_SIZE = 1 * 1024;
 /**
  * Bookkeeping charged per queued DATA chunk on top of its length, so that a flood of tiny frames cannot hold
  * more memory than the queue cap suggests.
@@ -171,19 +177,27 @@ export class TcpStream {
       if (this.#closed) return;
     }
     let conn: Deno.TcpConn;
+    // One controller and one timer that is cleared once connected: AbortSignal.timeout() would keep its timer
+    // and AbortSignal.any() its signals alive for the whole timeout, per stream.
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      this.#dialAbort.abort(new DOMException("Connect timed out", "TimeoutError"));
+    }, this.#host.connectTimeoutMs);
     try {
-      const signal = AbortSignal.any([
-        this.#dialAbort.signal,
-        AbortSignal.timeout(this.#host.connectTimeoutMs),
-      ]);
-      conn = await this.#host.dial({ hostname: this.#hostname, port: this.#port, signal });
+      conn = await this.#host.dial({
+        hostname: this.#hostname,
+        port: this.#port,
+        signal: this.#dialAbort.signal,
+      });
     } catch (err: unknown) {
       if (this.#closed) return;
-      const timedOut = err instanceof DOMException && err.name === "TimeoutError";
       const { code, reason } = connectErrorCode(err);
       const detail = timedOut ? `timed out after ${this.#host.connectTimeoutMs} ms` : describe(err);
       this.finish(reason, { code, message: `Cannot connect to ${this.destination}: ${detail}` });
       return;
+    } finally {
+      clearTimeout(timer);
     }
     if (this.#closed) {
       conn.close();
@@ -210,9 +224,9 @@ export class TcpStream {
   /** Target -> client: one DATA frame per read, pausing while the WebSocket is congested. */
   async #readLoop(conn: Deno.TcpConn): Promise<void> {
     // The header is the same for every DATA frame of this stream: write it once, read payloads after it.
-    const frame = new Uint8Array(HEADER_SIZE + READ_SIZE);
+    let frame = new Uint8Array(HEADER_SIZE + INITIAL_READ_SIZE);
     writeHeader(frame, FrameType.DATA, this.id);
-    const payload = frame.subarray(HEADER_SIZE);
+    let payload = frame.subarray(HEADER_SIZE);
     try {
       while (!this.#closed) {
         if (this.#host.congested) {
@@ -230,6 +244,11 @@ export class TcpStream {
         this.#host.countFromTarget(n);
         // WebSocket.send copies the bytes, so the buffer is free for the next read at once.
         this.#host.sendFrame(frame.subarray(0, HEADER_SIZE + n));
+        if (n === payload.byteLength && n < READ_SIZE) {
+          frame = new Uint8Array(HEADER_SIZE + Math.min(READ_SIZE, n * 4));
+          writeHeader(frame, FrameType.DATA, this.id);
+          payload = frame.subarray(HEADER_SIZE);
+        }
         const wait = this.#host.reserveDownlink(n);
         if (wait > 0) await (this.#readerSleep ??= new Sleeper()).sleep(wait);
       }

@@ -1,0 +1,132 @@
+/**
+ * The relay under test, started either as a subprocess of the real entry point (main.ts through the `start`
+ * task's command line, network narrowed to 127.0.0.0/8) or in this process (`serveRelay`).
+ *
+ * Both are configured for benchmarking, not with the production defaults: loopback targets allowed, no client
+ * byte-rate shaping, no OPEN rate limit, log level "warning" (no per-stream log lines). Queue sizes and
+ * watermarks keep their defaults unless the caller passes overrides.
+ * @module
+ */
+import { defaultConfig } from "../src/config.ts";
+import { type RunningRelay, serveRelay } from "../src/server.ts";
+import { startCommand } from "../tests/_process.ts";
+import { cpuSecondsOf, delay, ownCpuSeconds, rssOf } from "./_measure.ts";
+
+export const BENCH_TOKEN = "bench-token-0123456789abcdef";
+
+/** The environment the subprocess relay runs with (also printed in the report). */
+export const BENCH_ENV: Readonly<Record<string, string>> = {
+  AERO_PROXY_AUTH_TOKEN: BENCH_TOKEN,
+  AERO_PROXY_ALLOW_PRIVATE_IPS: "1",
+  AERO_PROXY_CLIENT_BYTES_PER_SEC: "0",
+  AERO_PROXY_OPEN_RATE: "0",
+  AERO_PROXY_LOG_LEVEL: "warning",
+};
+
+export interface RelayUnderTest extends AsyncDisposable {
+  readonly kind: "subprocess" | "in-process";
+  readonly port: number;
+  /** The relay's process id. */
+  readonly pid: number;
+  /** The relay's resident set size in bytes (for in-process: this whole process). */
+  rss(): Promise<number>;
+  /** The relay's CPU seconds so far (for in-process: this whole process). */
+  cpuSeconds(): Promise<number>;
+}
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+/** Options for a subprocess relay. */
+export interface SpawnOptions {
+  /** Extra `AERO_PROXY_*` variables (e.g. watermarks), on top of {@linkcode BENCH_ENV}. */
+  readonly env?: Readonly<Record<string, string>>;
+  /** Write a V8 CPU profile into this directory when the relay exits. */
+  readonly profileDir?: string;
+  /** Extra flags for `deno run` (e.g. `--v8-flags=...`), for experiments. */
+  readonly denoFlags?: readonly string[];
+  /** Run main.ts from this checkout instead of this one (A/B comparisons of two versions). */
+  readonly relayDir?: string;
+}
+
+/** Starts main.ts in a subprocess and waits (at most 20 s) until it accepts connections. */
+export async function spawnRelay(options: SpawnOptions = {}): Promise<RelayUnderTest> {
+  const { cmd, args } = startCommand();
+  const extra = [
+    ...(options.profileDir === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${options.profileDir}`]),
+    ...(options.denoFlags ?? []),
+  ];
+  const runArgs = [args[0]!, ...extra, ...args.slice(1)];
+  if (!runArgs.includes("--allow-net=127.0.0.0/8")) {
+    throw new Error(`The start command does not narrow --allow-net to loopback: ${runArgs.join(" ")}`);
+  }
+  const port = freePort();
+  const child = new Deno.Command(cmd, {
+    args: runArgs,
+    env: { NO_COLOR: "1", ...BENCH_ENV, ...options.env, AERO_PROXY_PORT: String(port) },
+    ...(options.relayDir === undefined ? {} : { cwd: options.relayDir }),
+    stdin: "null",
+    stdout: "null",
+    stderr: "inherit",
+  }).spawn();
+  let exited = false;
+  const status = child.status.finally(() => exited = true);
+  const kill = (signal: Deno.Signal) => {
+    try {
+      child.kill(signal);
+    } catch { /* already exited */ }
+  };
+  const started = performance.now();
+  for (let attempt = 0;; attempt++) {
+    if (exited) throw new Error(`The relay exited before listening (code ${(await status).code})`);
+    if (performance.now() - started > 20_000 || attempt > 2000) {
+      kill("SIGKILL");
+      await status;
+      throw new Error("The relay did not listen within 20 s");
+    }
+    try {
+      const probe = await Deno.connect({ hostname: "127.0.0.1", port });
+      probe.close();
+      break;
+    } catch {
+      await delay(20);
+    }
+  }
+  return {
+    kind: "subprocess",
+    port,
+    pid: child.pid,
+    rss: () => rssOf(child.pid),
+    cpuSeconds: () => cpuSecondsOf(child.pid),
+    async [Symbol.asyncDispose]() {
+      kill("SIGTERM");
+      const timer = setTimeout(() => kill("SIGKILL"), 10_000);
+      await status;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** Starts the relay in this process (the load generator shares its event loop). */
+export function startInProcessRelay(): RelayUnderTest {
+  const running: RunningRelay = serveRelay(defaultConfig({
+    port: 0,
+    authTokens: [BENCH_TOKEN],
+    allowPrivateIps: true,
+    clientBytesPerSec: 0,
+    openRate: 0,
+    logLevel: "warning",
+  }));
+  return {
+    kind: "in-process",
+    port: running.port,
+    pid: Deno.pid,
+    rss: () => Promise.resolve(Deno.memoryUsage().rss),
+    cpuSeconds: () => Promise.resolve(ownCpuSeconds()),
+    [Symbol.asyncDispose]: () => running.close(),
+  };
+}
