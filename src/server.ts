@@ -14,6 +14,9 @@ import type { Dial } from "./tcp_stream.ts";
 
 const logger = getLogger(["aero-net-proxy", "server"]);
 
+/** How long a shutdown waits for clients to answer the WebSocket close frame. */
+const CLOSE_HANDSHAKE_MS = 2000;
+
 /** Optional collaborators; production uses the defaults. */
 export interface RelayDeps {
   readonly metrics?: Metrics;
@@ -76,6 +79,8 @@ export class Relay {
   readonly #dial: Dial;
   readonly #sessions = new Set<Session>();
   readonly #sessionsPerIp = new Map<string, number>();
+  /** Settles when a session's WebSocket has finished closing (the close handshake, or the peer going away). */
+  readonly #socketsClosed = new Map<Session, Promise<void>>();
   readonly #allowAnyOrigin: boolean;
   readonly #origins: ReadonlySet<string>;
   readonly #rejectionLog = new LogLimiter(10);
@@ -177,12 +182,16 @@ export class Relay {
     this.#sessions.add(session);
     this.#sessionsPerIp.set(clientIp, fromIp + 1);
     socket.onmessage = (event) => session.handleMessage(event.data);
+    const socketClosed = Promise.withResolvers<void>();
+    this.#socketsClosed.set(session, socketClosed.promise);
     let ended = false;
     const end = (code?: number, reason?: string) => {
       // The socket is already closed here, so close() only records the code and ends the streams.
       session.close(code, reason);
       if (ended) return;
       ended = true;
+      socketClosed.resolve();
+      this.#socketsClosed.delete(session);
       this.#sessions.delete(session);
       const left = (this.#sessionsPerIp.get(clientIp) ?? 1) - 1;
       if (left > 0) this.#sessionsPerIp.set(clientIp, left);
@@ -271,11 +280,21 @@ export class Relay {
     await this.closeAll(1001, "relay shutting down");
   }
 
-  /** Closes every session (WebSocket code `code`) and waits until all their streams have ended. */
+  /**
+   * Closes every session (WebSocket code `code`), waits until all their streams have ended, and gives the close
+   * frames up to {@linkcode CLOSE_HANDSHAKE_MS} to reach clients that are still reading: a close frame queued
+   * behind buffered DATA is lost if the process exits first.
+   */
   async closeAll(code: number, reason: string): Promise<void> {
     const sessions = [...this.#sessions];
     for (const session of sessions) session.close(code, reason);
     await Promise.all(sessions.map((s) => s.settled()));
+    const handshakes = sessions.map((s) => this.#socketsClosed.get(s)).filter((p) => p !== undefined);
+    if (handshakes.length === 0) return;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const bound = new Promise<void>((resolve) => timer = setTimeout(resolve, CLOSE_HANDSHAKE_MS));
+    await Promise.race([Promise.all(handshakes), bound]);
+    clearTimeout(timer);
   }
 }
 
