@@ -119,6 +119,11 @@ function streamError(connectionId, message) {
     connectionId
   });
 }
+function requireEmpty(what, connectionId, payload) {
+  if (payload.byteLength !== 0) {
+    throw streamError(connectionId, `Cannot decode ${what}: expected an empty payload, got ${payload.byteLength} bytes`);
+  }
+}
 function decodeErrorPayload(connectionId, payload) {
   if (payload.byteLength < ERROR_PREFIX_SIZE) {
     throw streamError(connectionId, `Cannot decode ERROR frame: expected at least ${ERROR_PREFIX_SIZE} payload bytes, got ${payload.byteLength}`);
@@ -146,9 +151,7 @@ function decodeServerFrame(bytes) {
   const { type, connectionId, payload } = decodeHeader(bytes);
   switch (type) {
     case FrameType.OPEN:
-      if (payload.byteLength !== 0) {
-        throw streamError(connectionId, `Cannot decode OPEN acknowledgement: expected an empty payload, got ${payload.byteLength} bytes`);
-      }
+      requireEmpty("OPEN acknowledgement", connectionId, payload);
       return {
         type: FrameType.OPEN,
         connectionId,
@@ -161,9 +164,7 @@ function decodeServerFrame(bytes) {
         data: payload
       };
     case FrameType.CLOSE:
-      if (payload.byteLength !== 0) {
-        throw streamError(connectionId, `Cannot decode CLOSE frame: expected an empty payload, got ${payload.byteLength} bytes`);
-      }
+      requireEmpty("CLOSE frame", connectionId, payload);
       return {
         type: FrameType.CLOSE,
         connectionId
