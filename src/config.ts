@@ -334,7 +334,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     env: "AERO_PROXY_WS_HIGH_WATERMARK",
     flag: "ws-high-watermark",
     kind: "count",
-    default: String(512 * KIB),
+    default: String(256 * KIB),
     description: "WebSocket send buffer size at which target reads pause",
   },
   {
@@ -342,7 +342,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     env: "AERO_PROXY_WS_LOW_WATERMARK",
     flag: "ws-low-watermark",
     kind: "count",
-    default: String(128 * KIB),
+    default: String(64 * KIB),
     description: "WebSocket send buffer size below which paused target reads resume",
   },
   {
