@@ -5,6 +5,8 @@
  * @module
  */
 
+import { startTcpServer } from "../tests/_util.ts";
+
 /** Reads one target connection may do before it is dropped: a bound on every server loop. */
 const MAX_READS = 10_000_000;
 
@@ -16,44 +18,9 @@ export interface Target extends AsyncDisposable {
   readonly port: number;
 }
 
-function startServer(onConn: (conn: Deno.TcpConn, signal: AbortSignal) => Promise<void>): Target {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const stop = new AbortController();
-  const conns = new Set<Deno.TcpConn>();
-  const tasks = new Set<Promise<void>>();
-  const acceptLoop = (async () => {
-    try {
-      for await (const conn of listener) {
-        conns.add(conn);
-        try {
-          conn.setNoDelay(true);
-        } catch { /* reset already */ }
-        const task = onConn(conn, stop.signal).catch(() => {}).finally(() => {
-          conns.delete(conn);
-          try {
-            conn.close();
-          } catch { /* already closed */ }
-        });
-        tasks.add(task);
-        void task.finally(() => tasks.delete(task));
-      }
-    } catch { /* listener closed */ }
-  })();
-  return {
-    port: (listener.addr as Deno.NetAddr).port,
-    async [Symbol.asyncDispose]() {
-      stop.abort();
-      listener.close();
-      await acceptLoop;
-      for (const conn of conns) {
-        try {
-          conn.close();
-        } catch { /* already closed */ }
-      }
-      await Promise.allSettled([...tasks]);
-    },
-  };
-}
+/** The same loopback TCP server the tests use, so that both measure and check one implementation. */
+const startServer: (onConn: (conn: Deno.TcpConn, signal: AbortSignal) => Promise<void>) => Target =
+  startTcpServer;
 
 async function writeAll(conn: Deno.TcpConn, bytes: Uint8Array): Promise<void> {
   for (let off = 0; off < bytes.byteLength;) off += await conn.write(bytes.subarray(off));

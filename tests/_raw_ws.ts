@@ -3,6 +3,8 @@
  * client is not enough: to stop reading the socket entirely, or to vanish without a closing handshake.
  * @module
  */
+import { createHash, type Hash } from "node:crypto";
+import { decodeServerFrame, FrameType } from "../src/protocol/mod.ts";
 import { concat } from "./_util.ts";
 
 const encoder = new TextEncoder();
@@ -153,5 +155,40 @@ export class RawWebSocket implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     this.abort();
     return Promise.resolve();
+  }
+}
+
+/**
+ * Reads one stream's download from a raw WebSocket: counts and hashes DATA, notes CLOSE, throws on ERROR.
+ * Reading happens only inside {@linkcode readUntil}, so a test can stop reading the socket in between.
+ */
+export class RawDownload {
+  readonly #ws: RawWebSocket;
+  readonly #hash: Hash = createHash("sha256");
+  received = 0;
+  closed = false;
+
+  constructor(ws: RawWebSocket) {
+    this.#ws = ws;
+  }
+
+  /** Reads frames until `done()` holds or the stream is closed. */
+  async readUntil(done: () => boolean): Promise<void> {
+    while (!this.closed && !done()) {
+      const raw = await this.#ws.read();
+      if (raw === null) throw new Error("The relay closed the WebSocket");
+      if (raw.opcode !== 0x2) continue;
+      const frame = decodeServerFrame(raw.payload);
+      if (frame.type === FrameType.DATA) {
+        this.#hash.update(frame.data);
+        this.received += frame.data.byteLength;
+      } else if (frame.type === FrameType.CLOSE) this.closed = true;
+      else if (frame.type === FrameType.ERROR) throw new Error(`ERROR ${frame.code}: ${frame.message}`);
+    }
+  }
+
+  /** SHA-256 (hex) of everything received; call once, at the end. */
+  digest(): string {
+    return this.#hash.digest("hex");
   }
 }

@@ -51,6 +51,9 @@ export function startTcpServer(
       for await (const conn of listener) {
         accepted++;
         conns.add(conn);
+        try {
+          conn.setNoDelay(true);
+        } catch { /* reset already */ }
         const task = onConn(conn, stop.signal).catch(() => {}).finally(() => {
           conns.delete(conn);
           try {

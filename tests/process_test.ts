@@ -2,12 +2,11 @@
  * The relay as users run it: the `deno task start` command line in a subprocess (network narrowed to loopback).
  */
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
-import { decodeServerFrame, encodeOpen, FrameType } from "../src/protocol/mod.ts";
+import { encodeOpen } from "../src/protocol/mod.ts";
 import { RelayClient } from "../src/client/mod.ts";
 import { runToEnd, spawnRelay } from "./_process.ts";
 import { readExactly } from "./client/_streams.ts";
-import { RawWebSocket } from "./_raw_ws.ts";
+import { RawDownload, RawWebSocket } from "./_raw_ws.ts";
 import {
   delay,
   LOOPBACK,
@@ -144,23 +143,8 @@ Deno.test("a client that stops reading for 2 s while the target pushes 64 MiB: b
   const idle = await rssOf(relay.pid);
   await using ws = await RawWebSocket.connect(relay.port, `/tcp-mux?token=${TOKEN}`);
   await ws.send(encodeOpen(1, LOOPBACK, source.port));
-  const hash = createHash("sha256");
-  let received = 0;
-  let closed = false;
-  const readFrames = async (until: (bytes: number) => boolean) => {
-    while (!closed && !until(received)) {
-      const raw = await ws.read();
-      if (raw === null) throw new Error("relay closed the WebSocket");
-      if (raw.opcode !== 0x2) continue;
-      const frame = decodeServerFrame(raw.payload);
-      if (frame.type === FrameType.DATA) {
-        hash.update(frame.data);
-        received += frame.data.byteLength;
-      } else if (frame.type === FrameType.CLOSE) closed = true;
-      else if (frame.type === FrameType.ERROR) throw new Error(`ERROR ${frame.code}: ${frame.message}`);
-    }
-  };
-  await readFrames((n) => n >= 4 * MIB);
+  const download = new RawDownload(ws);
+  await download.readUntil(() => download.received >= 4 * MIB);
   // Stop reading the socket entirely; sample the relay's RSS meanwhile.
   let peak = await rssOf(relay.pid);
   const sentBefore = source.sent;
@@ -169,7 +153,7 @@ Deno.test("a client that stops reading for 2 s while the target pushes 64 MiB: b
     peak = Math.max(peak, await rssOf(relay.pid));
   }
   const sentDuringPause = source.sent - sentBefore;
-  await withTimeout(readFrames(() => false), 60_000, "the rest of the download");
+  await withTimeout(download.readUntil(() => false), 60_000, "the rest of the download");
   const growth = (peak - idle) / MIB;
   report(
     `relay RSS idle ${(idle / MIB).toFixed(1)} MiB, peak during the stall ${(peak / MIB).toFixed(1)} MiB ` +
@@ -177,9 +161,9 @@ Deno.test("a client that stops reading for 2 s while the target pushes 64 MiB: b
         (sentDuringPause / MIB).toFixed(1)
       } MiB during the 2 s pause`,
   );
-  assert.ok(closed, "the stream ends with CLOSE");
-  assert.equal(received, total);
-  assert.equal(hash.digest("hex"), patternDigest(total, 11));
+  assert.ok(download.closed, "the stream ends with CLOSE");
+  assert.equal(download.received, total);
+  assert.equal(download.digest(), patternDigest(total, 11));
   assert.ok(growth < 64, `relay RSS grew by ${growth.toFixed(1)} MiB (limit 64 MiB)`);
   assert.ok(
     sentDuringPause < 32 * MIB,

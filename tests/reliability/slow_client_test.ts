@@ -4,10 +4,9 @@
  * byte arrives afterwards (SHA-256).
  */
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
-import { decodeServerFrame, encodeOpen, FrameType } from "../../src/protocol/mod.ts";
+import { encodeOpen } from "../../src/protocol/mod.ts";
 import { spawnRelay } from "../_process.ts";
-import { RawWebSocket } from "../_raw_ws.ts";
+import { RawDownload, RawWebSocket } from "../_raw_ws.ts";
 import {
   delay,
   LOOPBACK,
@@ -33,25 +32,10 @@ Deno.test("slow client: 5 s without reading during a 256 MiB download; bounded m
 
   await using ws = await RawWebSocket.connect(relay.port, `/tcp-mux?token=${TOKEN}`);
   await ws.send(encodeOpen(1, LOOPBACK, source.port));
-  const hash = createHash("sha256");
-  let received = 0;
-  let closed = false;
-  const readUntil = async (done: () => boolean) => {
-    while (!closed && !done()) {
-      const raw = await ws.read();
-      if (raw === null) throw new Error("The relay closed the WebSocket");
-      if (raw.opcode !== 0x2) continue;
-      const frame = decodeServerFrame(raw.payload);
-      if (frame.type === FrameType.DATA) {
-        hash.update(frame.data);
-        received += frame.data.byteLength;
-      } else if (frame.type === FrameType.CLOSE) closed = true;
-      else if (frame.type === FrameType.ERROR) throw new Error(`ERROR ${frame.code}: ${frame.message}`);
-    }
-  };
+  const download = new RawDownload(ws);
 
   const started = performance.now();
-  await withTimeout(readUntil(() => received >= 32 * MIB), 30_000, "the first 32 MiB");
+  await withTimeout(download.readUntil(() => download.received >= 32 * MIB), 30_000, "the first 32 MiB");
   // Stop reading the socket entirely. After a second the buffers on the way (kernel, WebSocket) are full;
   // from then on the target must not get to send anything.
   const atPause = source.sent;
@@ -59,7 +43,7 @@ Deno.test("slow client: 5 s without reading during a 256 MiB download; bounded m
   const afterFirstSecond = source.sent;
   await delay(PAUSE_MS - 1000);
   const atResume = source.sent;
-  await withTimeout(readUntil(() => false), 120_000, "the rest of the download");
+  await withTimeout(download.readUntil(() => false), 120_000, "the rest of the download");
   const seconds = (performance.now() - started - PAUSE_MS) / 1000;
   await sampler.stop();
 
@@ -76,9 +60,9 @@ Deno.test("slow client: 5 s without reading during a 256 MiB download; bounded m
         (TOTAL / MIB / seconds).toFixed(0)
       } MiB/s outside the pause`,
   );
-  assert.ok(closed, "the stream ends with CLOSE");
-  assert.equal(received, TOTAL);
-  assert.equal(hash.digest("hex"), patternDigest(TOTAL, SEED));
+  assert.ok(download.closed, "the stream ends with CLOSE");
+  assert.equal(download.received, TOTAL);
+  assert.equal(download.digest(), patternDigest(TOTAL, SEED));
   assert.ok(growth < 32 * MIB, `relay RSS grew by ${mib(growth)} MiB (limit 32 MiB)`);
   assert.ok(
     atResume - afterFirstSecond < 1 * MIB,
