@@ -181,7 +181,7 @@ export class Relay {
     });
     this.#sessions.add(session);
     this.#sessionsPerIp.set(clientIp, fromIp + 1);
-    socket.onmessage = (event) => session.handleMessage(event.data);
+    socket.onmessage = (event) => session.receive(event.data);
     const socketClosed = Promise.withResolvers<void>();
     this.#socketsClosed.set(session, socketClosed.promise);
     let ended = false;

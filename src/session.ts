@@ -33,6 +33,8 @@ export const CLOSE_GOING_AWAY = 1001;
 export const CLOSE_TOO_BIG = 1009;
 /** WebSocket close code for a normal end (used for an idle session). */
 export const CLOSE_NORMAL = 1000;
+/** WebSocket close code for an unexpected condition in the relay (RFC 6455, 7.4.1). */
+export const CLOSE_INTERNAL_ERROR = 1011;
 
 /**
  * Ids of streams that ended recently. A client's DATA or CLOSE for such an id may have crossed our CLOSE on
@@ -262,9 +264,37 @@ export class Session implements StreamHost {
     this.#streamsOpened++;
     this.#metrics.streamsActive++;
     this.#metrics.streamsTotal++;
-    const task = stream.start(delayMs);
+    // A bug in a stream must end that stream with ERROR 9, never reject unhandled (which would stop the relay).
+    const task = stream.start(delayMs).catch((err: unknown) => {
+      this.#internalError(err, id);
+      stream.finish("internal_error", { code: ErrorCode.INTERNAL_ERROR, message: "Internal relay error" });
+    });
     this.#tasks.add(task);
     void task.finally(() => this.#tasks.delete(task));
+  }
+
+  #internalError(err: unknown, streamId: number): void {
+    logger.error("internal_error", {
+      event: "error",
+      sessionId: this.sessionId,
+      streamId,
+      reason: err instanceof Error ? `${err.name}: ${err.message}` : String(err),
+      stack: err instanceof Error ? err.stack ?? null : null,
+    });
+  }
+
+  /**
+   * Handles one WebSocket message; a bug while doing so costs this session (ERROR 9 on id 0, close 1011),
+   * never the relay.
+   */
+  receive(data: unknown): void {
+    try {
+      this.handleMessage(data);
+    } catch (err: unknown) {
+      this.#internalError(err, SESSION_ID);
+      this.sendError(SESSION_ID, ErrorCode.INTERNAL_ERROR, "Internal relay error");
+      this.close(CLOSE_INTERNAL_ERROR, "internal error");
+    }
   }
 
   #limit(kind: string, id: number, message: string): void {

@@ -63,7 +63,8 @@ export type CloseReason =
   | "socket_error"
   | "backpressure"
   | "rate_limited"
-  | "session_closed";
+  | "session_closed"
+  | "internal_error";
 
 /** What a stream needs from its session. */
 export interface StreamHost {
@@ -284,6 +285,8 @@ export class TcpStream {
         for (let offset = 0; offset < chunk.byteLength;) {
           offset += await conn.write(chunk.subarray(offset));
         }
+        // finish() may have run during the write and already released the whole queue: count nothing twice.
+        if (this.#closed) return;
         this.#chunks[this.#head++] = undefined as unknown as Uint8Array;
         if (this.#head === this.#chunks.length) {
           this.#chunks = [];
