@@ -3,7 +3,8 @@
  * time limit; a stalled transfer fails the run instead of hanging.
  * @module
  */
-import { FrameType, HEADER_SIZE } from "../src/protocol/mod.ts";
+import { RelayClient } from "../src/client/mod.ts";
+import { FrameType, HEADER_SIZE, MUX_PATH } from "../src/protocol/mod.ts";
 import { RawWebSocket } from "../tests/_raw_ws.ts";
 import { dataFrame, dial, header, MuxSession, sizeRequest, type StreamHandler, writeAll } from "./_client.ts";
 import { deadline, delay, percentile, sampleRss } from "./_measure.ts";
@@ -584,4 +585,74 @@ export async function rttBesideStalledTarget(
     aSentMiB: sent / MIB,
     rssGrowthMiB: (peak - before) / MIB,
   };
+}
+
+// --- The same through RelayClient (web streams), the library browser apps use ---------------------------
+
+function clientFor(relay: RelayUnderTest): RelayClient {
+  return new RelayClient(`ws://127.0.0.1:${relay.port}${MUX_PATH}`, { token: BENCH_TOKEN });
+}
+
+/** W1c: W1's download read through `RelayClient`'s `ReadableStream`. */
+async function clientDownload(relay: RelayUnderTest, targets: Targets, total: number): Promise<Metrics> {
+  await using client = clientFor(relay);
+  const started = performance.now();
+  const stream = await client.connect("127.0.0.1", targets.source);
+  const dog = watchdog("client download");
+  let got = 0;
+  try {
+    const writer = stream.writable.getWriter();
+    await writer.write(sizeRequest(total));
+    writer.releaseLock();
+    const reading = (async () => {
+      for await (const chunk of stream.readable) {
+        got += chunk.byteLength;
+        dog.progress();
+      }
+    })();
+    await Promise.race([reading, dog.failed]);
+  } finally {
+    dog.stop();
+  }
+  if (got !== total) throw new Error(`client download: got ${got} of ${total} bytes`);
+  return { mibPerSec: total / MIB / ((performance.now() - started) / 1000) };
+}
+
+export function clientOrRawDownload(relay: RelayUnderTest | undefined, targets: Targets, total: number) {
+  return relay === undefined ? rawDownload(targets, total) : clientDownload(relay, targets, total);
+}
+
+/** W3c: W3's pings written and read through `RelayClient`'s web streams. */
+async function clientPinger(client: RelayClient, port: number): Promise<Pinger> {
+  const stream = await client.connect("127.0.0.1", port);
+  const writer = stream.writable.getWriter();
+  const reader = stream.readable.getReader();
+  const out = new Uint8Array(PING_SIZE).fill(0x70);
+  return {
+    async ping() {
+      await writer.write(out);
+      for (let have = 0; have < PING_SIZE;) {
+        const { value, done } = await reader.read();
+        if (done) throw new Error("client ping: the stream ended");
+        have += value.byteLength;
+      }
+    },
+    close() {
+      writer.releaseLock();
+      reader.releaseLock();
+      void stream.close().catch(() => {});
+    },
+  };
+}
+
+export async function clientOrRawRtt(relay: RelayUnderTest | undefined, targets: Targets, count: number) {
+  if (relay === undefined) return rtt(undefined, targets, count);
+  await using client = clientFor(relay);
+  const pinger = await clientPinger(client, targets.echo);
+  try {
+    await pingLoop(pinger, { count: WARMUP_PINGS, maxMs: 5000 });
+    return rttMetrics(await pingLoop(pinger, { count, maxMs: 60_000 }));
+  } finally {
+    pinger.close();
+  }
 }

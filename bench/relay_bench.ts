@@ -15,6 +15,8 @@ import { cpuSecondsOf, delay, ownCpuSeconds, summarize, type Summary } from "./_
 import { BENCH_ENV, type RelayUnderTest, spawnRelay, startInProcessRelay } from "./_relay.ts";
 import { spawnTargets } from "./_targets.ts";
 import {
+  clientOrRawDownload,
+  clientOrRawRtt,
   download,
   idleStreamsMemory,
   manyStreams,
@@ -198,6 +200,14 @@ say(`relay env: ${Object.entries({ ...BENCH_ENV, ...relayEnv }).map(([k, v]) => 
       say(`W3 64-byte echo RTT x ${sizes.pings}`);
       await withInProcess("W3", (r) => rtt(r, targets, sizes.pings));
     }
+    if (wanted("W1c")) {
+      say(`W1c: W1 through RelayClient's web streams`);
+      await subprocessOnly("W1c", (r) => clientOrRawDownload(r, targets, sizes.download));
+    }
+    if (wanted("W3c")) {
+      say(`W3c: W3 through RelayClient's web streams`);
+      await subprocessOnly("W3c", (r) => clientOrRawRtt(r, targets, sizes.pings));
+    }
     if (wanted("W4")) {
       say(`W4 ${sizes.streams} streams x 10 x 1 KiB echo in one session`);
       await subprocessOnly("W4", (r) => manyStreams(r, targets, sizes.streams));
@@ -295,6 +305,27 @@ const rows: Row[] = [
     unit: " ms",
     ratio: true,
     target: { text: "<= 3.5x", check: (_v, _r, x) => x !== undefined && x <= 3.5 },
+  },
+  {
+    workload: "W1c",
+    what: `W1 through RelayClient (web streams)`,
+    metric: "mibPerSec",
+    unit: " MiB/s",
+    ratio: true,
+  },
+  {
+    workload: "W3c",
+    what: "W3 through RelayClient, p50",
+    metric: "p50Ms",
+    unit: " ms",
+    ratio: true,
+  },
+  {
+    workload: "W3c",
+    what: "W3 through RelayClient, p99",
+    metric: "p99Ms",
+    unit: " ms",
+    ratio: true,
   },
   {
     workload: "W4",
