@@ -81,6 +81,8 @@ export class Session implements StreamHost {
   readonly #streams = new Map<number, TcpStream>();
   readonly #recent = new Set<number>();
   readonly #tasks = new Set<Promise<void>>();
+  /** Finished streams still draining their target after a client CLOSE (see `LINGER_MS`). */
+  readonly #lingering = new Set<TcpStream>();
   readonly #openBucket: TokenBucket | undefined;
   readonly #uplinkBucket: TokenBucket | undefined;
   readonly #downlinkBucket: TokenBucket | undefined;
@@ -451,6 +453,14 @@ export class Session implements StreamHost {
     this.#remember(stream.id);
   }
 
+  lingerStarted(stream: TcpStream): void {
+    this.#lingering.add(stream);
+  }
+
+  lingerEnded(stream: TcpStream): void {
+    this.#lingering.delete(stream);
+  }
+
   observeStream(reason: string, connectMs: number | undefined, durationMs: number): void {
     this.#metrics.observeStream(reason, connectMs, durationMs);
   }
@@ -480,6 +490,7 @@ export class Session implements StreamHost {
     }
     this.#closed = true;
     for (const stream of [...this.#streams.values()]) stream.finish("session_closed");
+    for (const stream of [...this.#lingering]) stream.abortLinger();
     if (this.#drainTimer !== undefined) clearTimeout(this.#drainTimer);
     if (this.#drainImmediate !== undefined) clearImmediate(this.#drainImmediate);
     this.#drainTimer = undefined;

@@ -27,6 +27,12 @@ export const INITIAL_READ_SIZE = 1 * 1024;
  */
 export const CHUNK_OVERHEAD = 64;
 
+/**
+ * After a client CLOSE the relay half-closes the target (FIN) and keeps reading, discarding, for at most this
+ * long: closing a socket with unread input sends a reset, which can destroy data the target has not read yet.
+ */
+export const LINGER_MS = 2000;
+
 /** Opens a TCP connection; `Deno.connect` in production. */
 export type Dial = (
   options: { hostname: string; port: number; signal: AbortSignal },
@@ -88,6 +94,9 @@ export interface StreamHost {
   streamFinished(stream: TcpStream): void;
   /** Records a finished stream in the metrics. */
   observeStream(reason: CloseReason, connectMs: number | undefined, durationMs: number): void;
+  /** The stream keeps its socket open after finishing, to drain the target after a client CLOSE. */
+  lingerStarted(stream: TcpStream): void;
+  lingerEnded(stream: TcpStream): void;
   /** A queue overflowed: counted and logged by the session. */
   limitHit(kind: "backpressure" | "client_bytes", id: number, message: string): void;
   countToTarget(n: number): void;
@@ -136,6 +145,9 @@ export class TcpStream {
 
   #clientClosed = false;
   #closed = false;
+  #lingering = false;
+  #lingerTimer: ReturnType<typeof setTimeout> | undefined;
+  #connClosed = false;
   #connectMs: number | undefined;
   bytesToTarget = 0;
   bytesFromTarget = 0;
@@ -229,13 +241,23 @@ export class TcpStream {
     writeHeader(frame, FrameType.DATA, this.id);
     let payload = frame.subarray(HEADER_SIZE);
     try {
-      while (!this.#closed) {
+      for (;;) {
+        if (this.#closed) {
+          if (!this.#lingering) return;
+          // The client closed: discard what the target still sends until its EOF (or the linger bound), so that
+          // our close is a FIN after the client's last byte, not a reset that throws the upload away.
+          if ((await conn.read(payload)) === null) {
+            this.#closeConn();
+            return;
+          }
+          continue;
+        }
         if (this.#host.congested) {
           await this.#host.waitForDrain();
-          if (this.#closed) return;
+          continue;
         }
         const n = await conn.read(payload);
-        if (this.#closed) return;
+        if (this.#closed) continue;
         if (n === null) {
           this.finish("target_close");
           return;
@@ -254,7 +276,10 @@ export class TcpStream {
         if (wait > 0) await (this.#readerSleep ??= new Sleeper()).sleep(wait);
       }
     } catch (err: unknown) {
-      if (this.#closed) return;
+      if (this.#closed) {
+        this.#closeConn();
+        return;
+      }
       this.finish("socket_error", {
         code: ErrorCode.SOCKET_ERROR,
         message: `Cannot read from ${this.destination}: ${describe(err)}`,
@@ -351,6 +376,41 @@ export class TcpStream {
     if (this.#conn !== undefined && !this.#throttled) this.#wake();
   }
 
+  /** After a client CLOSE: send FIN now, close the socket once the target has finished (bounded). */
+  #linger(conn: Deno.TcpConn): void {
+    try {
+      conn.closeWrite();
+    } catch {
+      this.#closeConn();
+      return;
+    }
+    this.#lingering = true;
+    this.#lingerTimer = setTimeout(() => this.#closeConn(), LINGER_MS);
+    this.#host.lingerStarted(this);
+  }
+
+  /** Closes the TCP socket (once) and ends any linger. Also called by the session when it goes away. */
+  #closeConn(): void {
+    if (this.#connClosed) return;
+    this.#connClosed = true;
+    if (this.#lingerTimer !== undefined) clearTimeout(this.#lingerTimer);
+    this.#lingerTimer = undefined;
+    if (this.#lingering) {
+      this.#lingering = false;
+      this.#host.lingerEnded(this);
+    }
+    try {
+      this.#conn?.close();
+    } catch {
+      // Already closed by the peer or the runtime.
+    }
+  }
+
+  /** Ends a linger at once (the session is closing). */
+  abortLinger(): void {
+    this.#closeConn();
+  }
+
   #wake(): void {
     const wake = this.#wakeWriter;
     this.#wakeWriter = undefined;
@@ -370,11 +430,8 @@ export class TcpStream {
       this.#host.sendFrame(encodeClose(this.id));
     }
     this.#dialAbort.abort();
-    try {
-      this.#conn?.close();
-    } catch {
-      // Already closed by the peer or the runtime.
-    }
+    if (reason === "client_close" && this.#conn !== undefined) this.#linger(this.#conn);
+    else this.#closeConn();
     this.#writerSleep?.cancel();
     this.#readerSleep?.cancel();
     this.#host.queuedBytes -= this.#queued;

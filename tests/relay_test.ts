@@ -381,3 +381,50 @@ Deno.test("when the WebSocket goes away every TCP socket of the session is close
   );
   assert.equal(relay.relay.metrics.sessionsActive, 0);
 });
+
+Deno.test("client CLOSE after an upload: a target that answered while reading still gets every byte and a FIN", async () => {
+  // The target writes a little back for every read; bytes the relay has not read when it closes must not turn
+  // its close into a reset that discards the upload still in flight.
+  const outcomes: string[] = [];
+  await using target = startTcpServer(async (conn) => {
+    let total = 0;
+    const buf = new Uint8Array(16 * 1024);
+    try {
+      for (;;) {
+        const n = await conn.read(buf);
+        if (n === null) break;
+        total += n;
+        await conn.write(buf.subarray(0, Math.min(n, 16)));
+      }
+      outcomes.push(`${total}/EOF`);
+    } catch (err: unknown) {
+      outcomes.push(`${total}/${err instanceof Error ? err.name : String(err)}`);
+    }
+  });
+  await using relay = startRelay({ clientBytesPerSec: 0 });
+  await using client = await MuxClient.connect(muxUrl(relay.port));
+  const upload = 900_000;
+  const streams = 8;
+  for (let id = 1; id <= streams; id++) {
+    client.send(encodeOpen(id, LOOPBACK, target.port));
+    for (let off = 0; off < upload; off += 60_000) {
+      client.sendData(id, new Uint8Array(Math.min(60_000, upload - off)));
+    }
+    client.sendClose(id);
+  }
+  for (let id = 1; id <= streams; id++) {
+    for (;;) {
+      const frame = await client.next(id, 10_000);
+      assert.notEqual(frame.type, FrameType.ERROR, JSON.stringify(frame));
+      if (frame.type === FrameType.CLOSE) break;
+    }
+  }
+  await withTimeout(
+    (async () => {
+      while (outcomes.length < streams) await new Promise((r) => setTimeout(r, 10));
+    })(),
+    10_000,
+    "every target connection to end",
+  );
+  assert.deepEqual(outcomes, Array(streams).fill(`${upload}/EOF`));
+});
