@@ -30,6 +30,13 @@ function text(status: number, body: string, headers: Record<string, string> = {}
   });
 }
 
+/** Adds `delta` to a per-key count, dropping keys that reach 0. */
+function bumpCount(map: Map<string, number>, key: string, delta: number): void {
+  const next = (map.get(key) ?? 0) + delta;
+  if (next > 0) map.set(key, next);
+  else map.delete(key);
+}
+
 /** Turns `info.remoteAddr` into a printable client IP. */
 function peerIpOf(info: Deno.ServeHandlerInfo): string {
   try {
@@ -79,6 +86,9 @@ export class Relay {
   readonly #dial: Dial;
   readonly #sessions = new Set<Session>();
   readonly #sessionsPerIp = new Map<string, number>();
+  /** Sockets of sessions the relay has ended whose close handshake is still pending, per IP and in total. */
+  readonly #closingPerIp = new Map<string, number>();
+  #closingTotal = 0;
   /** Settles when a session's WebSocket has finished closing (the close handshake, or the peer going away). */
   readonly #socketsClosed = new Map<Session, Promise<void>>();
   readonly #allowAnyOrigin: boolean;
@@ -153,11 +163,17 @@ export class Relay {
     }
 
     const clientIp = this.#clientIp(request, info);
-    if (this.#sessions.size >= this.config.maxSessions) {
+    // Sessions the relay has closed but whose peer has not finished the close handshake still hold a socket;
+    // they count against twice the limit, so that peers that never answer cannot pile up sockets either.
+    const active = this.#sessions.size;
+    if (active >= this.config.maxSessions || active + this.#closingTotal >= 2 * this.config.maxSessions) {
       return this.#refuse(request, info, 503, "sessions_total", { "retry-after": "5" });
     }
     const fromIp = this.#sessionsPerIp.get(clientIp) ?? 0;
-    if (fromIp >= this.config.maxSessionsPerIp) {
+    const closingFromIp = this.#closingPerIp.get(clientIp) ?? 0;
+    if (
+      fromIp >= this.config.maxSessionsPerIp || fromIp + closingFromIp >= 2 * this.config.maxSessionsPerIp
+    ) {
       return this.#refuse(request, info, 429, "sessions_per_ip", { "retry-after": "5" });
     }
 
@@ -172,33 +188,46 @@ export class Relay {
     }
     const { socket, response } = upgraded;
     socket.binaryType = "arraybuffer";
-    const session = new Session(socket, {
+
+    let socketOpen = true;
+    let countedAsClosing = false;
+    const socketClosed = Promise.withResolvers<void>();
+    // The session has ended (whoever ended it): its slot is free at once.
+    const released = () => {
+      this.#sessions.delete(session);
+      bumpCount(this.#sessionsPerIp, clientIp, -1);
+      if (socketOpen) {
+        countedAsClosing = true;
+        this.#closingTotal++;
+        bumpCount(this.#closingPerIp, clientIp, 1);
+      }
+    };
+    const session: Session = new Session(socket, {
       config: this.config,
       policy: this.#policy,
       metrics: this.metrics,
       dial: this.#dial,
       clientIp,
+      onClose: released,
     });
     this.#sessions.add(session);
-    this.#sessionsPerIp.set(clientIp, fromIp + 1);
-    socket.onmessage = (event) => session.receive(event.data);
-    const socketClosed = Promise.withResolvers<void>();
+    bumpCount(this.#sessionsPerIp, clientIp, 1);
     this.#socketsClosed.set(session, socketClosed.promise);
-    let ended = false;
-    const end = (code?: number, reason?: string) => {
-      // The socket is already closed here, so close() only records the code and ends the streams.
-      session.close(code, reason);
-      if (ended) return;
-      ended = true;
+    socket.onmessage = (event) => session.receive(event.data);
+    // The socket has closed (handshake done, or the peer went away).
+    const socketEnded = (code?: number, reason?: string) => {
+      if (!socketOpen) return;
+      socketOpen = false;
+      session.close(code, reason); // a no-op if the relay closed the session first
+      if (countedAsClosing) {
+        this.#closingTotal--;
+        bumpCount(this.#closingPerIp, clientIp, -1);
+      }
       socketClosed.resolve();
       this.#socketsClosed.delete(session);
-      this.#sessions.delete(session);
-      const left = (this.#sessionsPerIp.get(clientIp) ?? 1) - 1;
-      if (left > 0) this.#sessionsPerIp.set(clientIp, left);
-      else this.#sessionsPerIp.delete(clientIp);
     };
-    socket.onclose = (event) => end(event.code, event.reason === "" ? undefined : event.reason);
-    socket.onerror = () => end(undefined, "WebSocket error");
+    socket.onclose = (event) => socketEnded(event.code, event.reason === "" ? undefined : event.reason);
+    socket.onerror = () => socketEnded(undefined, "WebSocket error");
     return response;
   };
 

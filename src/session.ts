@@ -33,6 +33,13 @@ export const CLOSE_GOING_AWAY = 1001;
 export const CLOSE_TOO_BIG = 1009;
 /** WebSocket close code for a normal end (used for an idle session). */
 export const CLOSE_NORMAL = 1000;
+/** WebSocket close code for a peer that breaks the relay's rules (RFC 6455, 7.4.1). */
+export const CLOSE_POLICY_VIOLATION = 1008;
+/**
+ * ERROR frames a session may have waiting behind a congested send buffer (about 400 KB) before a client that
+ * does not read them is cut off.
+ */
+export const MAX_UNREAD_ERRORS = 4096;
 /** WebSocket close code for an unexpected condition in the relay (RFC 6455, 7.4.1). */
 export const CLOSE_INTERNAL_ERROR = 1011;
 
@@ -61,6 +68,8 @@ export interface SessionDeps {
   readonly metrics: Metrics;
   readonly dial: Dial;
   readonly clientIp: string;
+  /** Called once when the session ends, before its socket has necessarily finished closing. */
+  readonly onClose?: () => void;
 }
 
 const logger = getLogger(["aero-net-proxy", "session"]);
@@ -99,6 +108,7 @@ export class Session implements StreamHost {
   #drainSince = 0;
   #drainFrom = 0;
   #closed = false;
+  #unreadErrors = 0;
   #streamsOpened = 0;
   #bytesIn = 0;
   #bytesOut = 0;
@@ -432,6 +442,23 @@ export class Session implements StreamHost {
   }
 
   sendError(connectionId: number, code: ErrorCode, message: string): void {
+    if (this.#closed) return;
+    // Every bad frame earns an ERROR, so a client that sends bad frames without reading could make the send
+    // buffer grow without bound. ERRORs sent while the buffer is congested are counted; past the bound the
+    // session is cut off. A client that reads (the buffer drains) starts from zero again.
+    if (this.#socket.bufferedAmount > this.#highWatermark) {
+      if (++this.#unreadErrors > MAX_UNREAD_ERRORS) {
+        this.#countLimit(
+          "unread_errors",
+          connectionId,
+          `Client does not read: ${MAX_UNREAD_ERRORS} ERROR frames are waiting behind the send buffer`,
+        );
+        this.close(CLOSE_POLICY_VIOLATION, "client does not read its frames");
+        return;
+      }
+    } else {
+      this.#unreadErrors = 0;
+    }
     Metrics.bump(this.#metrics.errorsSent, code);
     logger.debug("error_sent", {
       event: "error",
@@ -510,6 +537,7 @@ export class Session implements StreamHost {
       closeCode: code ?? null,
       closeReason: reason ?? null,
     });
+    this.#deps.onClose?.();
   }
 
   /** Resolves when every stream task of this session has settled. */

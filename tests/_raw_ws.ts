@@ -85,8 +85,17 @@ export class RawWebSocket implements AsyncDisposable {
     for (let off = 0; off < bytes.byteLength;) off += await this.conn.write(bytes.subarray(off));
   }
 
+  /** Sends many binary frames in one write (for floods). */
+  sendMany(payloads: readonly Uint8Array[]): Promise<void> {
+    return this.#writeAll(concat(payloads.map((p) => RawWebSocket.#frame(p, 0x2))));
+  }
+
   /** Sends one masked frame (binary by default). */
   send(payload: Uint8Array, opcode = 0x2): Promise<void> {
+    return this.#writeAll(RawWebSocket.#frame(payload, opcode));
+  }
+
+  static #frame(payload: Uint8Array, opcode: number): Uint8Array {
     const length = payload.byteLength;
     const extra = length < 126 ? 0 : length < 65536 ? 2 : 8;
     const frame = new Uint8Array(2 + extra + 4 + length);
@@ -104,7 +113,7 @@ export class RawWebSocket implements AsyncDisposable {
     frame.set(mask, 2 + extra);
     const body = 2 + extra + 4;
     for (let i = 0; i < length; i++) frame[body + i] = payload[i]! ^ mask[i & 3]!;
-    return this.#writeAll(frame);
+    return frame;
   }
 
   /** Reads the next complete frame; `null` when the connection ended. Answers pings. */

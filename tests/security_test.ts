@@ -2,7 +2,7 @@
  * Who may connect, and every per-session limit: each rule over real sockets, and the session surviving it.
  */
 import assert from "node:assert/strict";
-import { encodeData, encodeOpen, ErrorCode, FrameType } from "../src/protocol/mod.ts";
+import { encodeClose, encodeData, encodeOpen, ErrorCode, FrameType } from "../src/protocol/mod.ts";
 import { spawnRelay } from "./_process.ts";
 import { RawWebSocket } from "./_raw_ws.ts";
 import {
@@ -296,4 +296,50 @@ Deno.test("a weak token on a network listener stops the relay with exit 2", asyn
   assert.equal(result.code, 2);
   assert.match(result.stderr, /shorter than 16 bytes/);
   assert.ok(!result.stderr.includes("dev-token"), "the token itself is not echoed");
+});
+
+Deno.test("a client that floods ERROR-earning frames without reading is cut off, so relay memory stays bounded", async () => {
+  await using relay = startRelay();
+  await using ws = await RawWebSocket.connect(relay.port, `/tcp-mux?token=${TOKEN}`);
+  // 5-byte CLOSE frames for ids that were never open each earn a ~60-byte ERROR; this client never reads them.
+  const frames = Array.from({ length: 20_000 }, (_, i) => encodeClose(1_000_000 + i));
+  for (let round = 0; round < 25 && relay.relay.sessions.size > 0; round++) {
+    await ws.sendMany(frames).catch(() => {});
+    await delay(20);
+  }
+  await withTimeout(
+    (async () => {
+      while (relay.relay.sessions.size > 0) await delay(10);
+    })(),
+    5000,
+    "the relay to drop the session",
+  );
+  assert.equal(relay.relay.metrics.rateLimited.get("unread_errors"), 1);
+  assert.equal(relay.relay.metrics.sessionsActive, 0);
+});
+
+Deno.test("a session the relay closed frees its slot even if the peer never answers the close", async () => {
+  await using relay = startRelay({ maxSessionsPerIp: 1 });
+  const path = `/tcp-mux?token=${TOKEN}`;
+  const silent: RawWebSocket[] = [];
+  try {
+    for (let i = 0; i < 2; i++) {
+      const ws = await RawWebSocket.connect(relay.port, path);
+      silent.push(ws);
+      await ws.send(new TextEncoder().encode("not a frame"), 0x1); // a violation: the relay closes with 1002
+      await withTimeout((async () => {
+        while (relay.relay.sessions.size > 0) await delay(5);
+      })(), 2000, "the relay to end the session");
+      // This peer never reads, so it never answers the close; the slot is free all the same.
+    }
+    assert.equal(relay.relay.metrics.sessionsActive, 0);
+    // Two unanswered closes from one address reach twice the limit of 1: the next upgrade waits for them.
+    assert.equal(await upgradeStatus(relay.port, path), "429");
+    silent.shift()!.abort();
+    await withTimeout((async () => {
+      while ((await upgradeStatus(relay.port, path)) !== "101") await delay(20);
+    })(), 3000, "a slot once a silent peer has gone");
+  } finally {
+    for (const ws of silent) ws.abort();
+  }
 });
