@@ -327,18 +327,26 @@ Deno.test("a session the relay closed frees its slot even if the peer never answ
       const ws = await RawWebSocket.connect(relay.port, path);
       silent.push(ws);
       await ws.send(new TextEncoder().encode("not a frame"), 0x1); // a violation: the relay closes with 1002
-      await withTimeout((async () => {
-        while (relay.relay.sessions.size > 0) await delay(5);
-      })(), 2000, "the relay to end the session");
+      await withTimeout(
+        (async () => {
+          while (relay.relay.sessions.size > 0) await delay(5);
+        })(),
+        2000,
+        "the relay to end the session",
+      );
       // This peer never reads, so it never answers the close; the slot is free all the same.
     }
     assert.equal(relay.relay.metrics.sessionsActive, 0);
     // Two unanswered closes from one address reach twice the limit of 1: the next upgrade waits for them.
     assert.equal(await upgradeStatus(relay.port, path), "429");
     silent.shift()!.abort();
-    await withTimeout((async () => {
-      while ((await upgradeStatus(relay.port, path)) !== "101") await delay(20);
-    })(), 3000, "a slot once a silent peer has gone");
+    await withTimeout(
+      (async () => {
+        while ((await upgradeStatus(relay.port, path)) !== "101") await delay(20);
+      })(),
+      3000,
+      "a slot once a silent peer has gone",
+    );
   } finally {
     for (const ws of silent) ws.abort();
   }
