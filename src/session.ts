@@ -193,8 +193,16 @@ export class Session implements StreamHost {
       frame = decodeClientFrame(new Uint8Array(data));
     } catch (err: unknown) {
       if (!(err instanceof ProtocolError)) throw err;
-      if (err.scope === "session") this.#violation(err.message);
-      else this.sendError(err.connectionId, err.code, err.message);
+      if (err.scope === "session") {
+        this.#violation(err.message);
+        return;
+      }
+      // A malformed OPEN is a refused OPEN: what the client pipelined behind it is dropped quietly.
+      const refusedOpen = data.byteLength > 0 && new Uint8Array(data, 0, 1)[0] === FrameType.OPEN;
+      if (refusedOpen && err.connectionId !== SESSION_ID && !this.#streams.has(err.connectionId)) {
+        this.#remember(err.connectionId);
+      }
+      this.sendError(err.connectionId, err.code, err.message);
       return;
     }
     switch (frame.type) {

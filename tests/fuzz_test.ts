@@ -118,6 +118,8 @@ function expect(message: Message, opened: Set<number>, expected: Expectation): v
     if (!(err instanceof ProtocolError)) throw err;
     bump(err.connectionId);
     if (err.scope === "session") expected.closeCode = 1002;
+    // A malformed OPEN is a refused OPEN too: what follows it on that id is dropped quietly.
+    else if (message[0] === FrameType.OPEN && err.connectionId !== 0) opened.add(err.connectionId);
   }
 }
 

@@ -428,3 +428,23 @@ Deno.test("client CLOSE after an upload: a target that answered while reading st
   );
   assert.deepEqual(outcomes, Array(streams).fill(`${upload}/EOF`));
 });
+
+Deno.test("DATA and CLOSE behind an OPEN refused as malformed are dropped quietly, like any refused OPEN", async () => {
+  await using relay = startRelay();
+  await using client = await MuxClient.connect(muxUrl(relay.port));
+  const refused: [number, Uint8Array][] = [
+    [41, new Uint8Array([1, 0, 0, 0, 41, 6, 127, 0, 0, 1, 0, 80])], // ip_version 6
+    [42, encodeOpen(42, LOOPBACK, 0)], // port 0
+    [43, new Uint8Array([1, 0, 0, 0, 43, 4, 127, 0, 0, 1, 0])], // 6-byte payload
+  ];
+  for (const [id, open] of refused) {
+    client.send(open);
+    client.sendData(id, new Uint8Array([1]));
+    client.sendClose(id);
+    expectError(await client.next(id), ErrorCode.INVALID_FRAME);
+  }
+  // A sentinel answered after everything above: once it arrives, nothing else may be pending.
+  client.sendClose(99);
+  expectError(await client.next(99), ErrorCode.INVALID_FRAME, /no open stream has connection id 99/);
+  for (const [id] of refused) assert.deepEqual(client.pending(id), [], `id ${id}`);
+});
