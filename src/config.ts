@@ -94,10 +94,16 @@ export interface OptionSpec {
   /** The default, written as it would be in the environment. */
   readonly default: string;
   readonly description: string;
+  /** Largest accepted value, for numbers with a hard ceiling (timers, Deno's message size). */
+  readonly max?: number;
 }
 
 const KIB = 1024;
 const MIB = 1024 * KIB;
+/** JavaScript timers overflow past 2^31 - 1 ms (and then fire at once). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** Deno's WebSocket drops a connection whose message is larger than this before the relay sees it. */
+const MAX_WEBSOCKET_MESSAGE = 64 * MIB;
 
 /** Every option, in the order `--help` and the README list them. */
 export const OPTIONS: readonly OptionSpec[] = [
@@ -256,6 +262,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     kind: "rate",
     default: "2000",
     description: "How long an OPEN over the rate waits for its turn before ERROR 4 (0 = refuse at once)",
+    max: MAX_TIMER_MS,
   },
   {
     key: "clientBytesPerSec",
@@ -280,6 +287,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     kind: "count",
     default: String(2 * MIB),
     description: "Largest WebSocket message accepted, header included (over: ERROR 5 on id 0, close 1009)",
+    max: MAX_WEBSOCKET_MESSAGE,
   },
   {
     key: "streamQueueBytes",
@@ -304,6 +312,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     kind: "count",
     default: "10000",
     description: "TCP connect timeout; on expiry the stream gets ERROR 6",
+    max: MAX_TIMER_MS,
   },
   {
     key: "streamIdleMs",
@@ -312,6 +321,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     kind: "rate",
     default: "3600000",
     description: "Close a stream with no traffic either way for this long (0 = never)",
+    max: MAX_TIMER_MS,
   },
   {
     key: "sessionIdleMs",
@@ -320,6 +330,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     kind: "rate",
     default: "900000",
     description: "Close a session that has had no streams for this long (0 = never)",
+    max: MAX_TIMER_MS,
   },
   {
     key: "wsKeepaliveS",
@@ -328,6 +339,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     kind: "rate",
     default: "30",
     description: "WebSocket ping interval; a peer that does not answer in time is dropped (0 = off)",
+    max: Math.floor(MAX_TIMER_MS / 1000),
   },
   {
     key: "wsHighWatermark",
@@ -384,6 +396,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     kind: "rate",
     default: "10000",
     description: "After SIGTERM/SIGINT, how long open sessions may finish before they are closed with 1001",
+    max: MAX_TIMER_MS,
   },
   {
     key: "tlsCertFile",
@@ -532,12 +545,18 @@ function convert(spec: OptionSpec, text: string): { value: unknown } | { problem
         };
     }
     case "count": {
-      const value = parseInteger(text.trim(), 1, Number.MAX_SAFE_INTEGER);
-      return value === undefined ? bad("a positive integer") : { value };
+      const max = spec.max ?? Number.MAX_SAFE_INTEGER;
+      const value = parseInteger(text.trim(), 1, max);
+      return value === undefined
+        ? bad(`a positive integer${spec.max === undefined ? "" : ` up to ${max}`}`)
+        : { value };
     }
     case "rate": {
-      const value = parseInteger(text.trim(), 0, Number.MAX_SAFE_INTEGER);
-      return value === undefined ? bad("a non-negative integer (0 = unlimited)") : { value };
+      const max = spec.max ?? Number.MAX_SAFE_INTEGER;
+      const value = parseInteger(text.trim(), 0, max);
+      return value === undefined
+        ? bad(`a non-negative integer${spec.max === undefined ? "" : ` up to ${max}`} (0 = off or unlimited)`)
+        : { value };
     }
     case "format": {
       const lower = text.trim().toLowerCase();

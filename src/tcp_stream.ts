@@ -46,7 +46,8 @@ class Sleeper {
   sleep(ms: number): Promise<void> {
     return new Promise<void>((resolve) => {
       this.#resolve = resolve;
-      this.#timer = setTimeout(() => this.cancel(), ms);
+      // Timers overflow past 2^31 - 1 ms and would fire at once; a longer sleep wakes early and waits again.
+      this.#timer = setTimeout(() => this.cancel(), Math.min(ms, 2 ** 31 - 1));
     });
   }
 

@@ -75,6 +75,12 @@ Deno.test({
       { AERO_PROXY_WS_LOW_WATERMARK: "10", AERO_PROXY_WS_HIGH_WATERMARK: "5" },
       /LOW_WATERMARK must not exceed/,
     ],
+    [
+      { AERO_PROXY_CONNECT_TIMEOUT_MS: "3000000000" },
+      /CONNECT_TIMEOUT_MS must be a positive integer up to 2147483647/,
+    ],
+    [{ AERO_PROXY_WS_KEEPALIVE_S: "2147484" }, /WS_KEEPALIVE_S must be a non-negative integer up to 2147483/],
+    [{ AERO_PROXY_MAX_FRAME_BYTES: "67108865" }, /MAX_FRAME_BYTES must be a positive integer up to 67108864/],
   ];
   for (const [env, pattern] of cases) {
     await t.step(JSON.stringify(env), () => assert.match(problem(env), pattern));
