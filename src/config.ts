@@ -269,8 +269,9 @@ export const OPTIONS: readonly OptionSpec[] = [
     env: "AERO_PROXY_CLIENT_BYTES_PER_SEC",
     flag: "client-bytes-per-sec",
     kind: "rate",
-    default: String(16 * MIB),
-    description: "Client-to-target bytes per second per session, shaped (0 = unlimited)",
+    default: "0",
+    description:
+      "Client-to-target bytes per second per session, shaped (0 = unlimited); see the README before setting it",
   },
   {
     key: "targetBytesPerSec",

@@ -26,6 +26,9 @@ export const INITIAL_READ_SIZE = 1 * 1024;
  * more memory than the queue cap suggests.
  */
 export const CHUNK_OVERHEAD = 64;
+/** At most this many queued bytes, and chunks, are joined into one write to the target. */
+const COALESCE_BYTES = 256 * 1024;
+const COALESCE_CHUNKS = 64;
 
 /**
  * After a client CLOSE the relay half-closes the target (FIN) and keeps reading, discarding, for at most this
@@ -301,19 +304,41 @@ export class TcpStream {
           await new Promise<void>((resolve) => this.#wakeWriter = resolve);
           continue;
         }
-        const wait = this.#host.reserveUplink(chunk.byteLength);
+        // Chunks that queued up while the last write was in flight go out in one write: the queue drains at the
+        // rate of writes, not of WebSocket messages, which v1 gives no way to slow down.
+        let count = 1;
+        let bytes = chunk.byteLength;
+        for (
+          let next = this.#chunks[this.#head + 1];
+          next !== undefined;
+          next = this.#chunks[this.#head + count]
+        ) {
+          if (count >= COALESCE_CHUNKS || bytes + next.byteLength > COALESCE_BYTES) break;
+          bytes += next.byteLength;
+          count++;
+        }
+        const wait = this.#host.reserveUplink(bytes);
         if (wait > 0) {
           this.#throttled = true;
           await (this.#writerSleep ??= new Sleeper()).sleep(wait);
           this.#throttled = false;
           if (this.#closed) return;
         }
-        for (let offset = 0; offset < chunk.byteLength;) {
-          offset += await conn.write(chunk.subarray(offset));
+        let out = chunk;
+        if (count > 1) {
+          out = new Uint8Array(bytes);
+          for (let i = 0, offset = 0; i < count; i++) {
+            const part = this.#chunks[this.#head + i]!;
+            out.set(part, offset);
+            offset += part.byteLength;
+          }
+        }
+        for (let offset = 0; offset < out.byteLength;) {
+          offset += await conn.write(out.subarray(offset));
         }
         // finish() may have run during the write and already released the whole queue: count nothing twice.
         if (this.#closed) return;
-        this.#chunks[this.#head++] = undefined as unknown as Uint8Array;
+        for (let i = 0; i < count; i++) this.#chunks[this.#head++] = undefined as unknown as Uint8Array;
         if (this.#head === this.#chunks.length) {
           this.#chunks = [];
           this.#head = 0;
@@ -321,12 +346,12 @@ export class TcpStream {
           this.#chunks = this.#chunks.slice(this.#head);
           this.#head = 0;
         }
-        const charged = chunk.byteLength + CHUNK_OVERHEAD;
+        const charged = bytes + count * CHUNK_OVERHEAD;
         this.#queued -= charged;
         this.#host.queuedBytes -= charged;
-        this.bytesToTarget += chunk.byteLength;
+        this.bytesToTarget += bytes;
         this.#activity++;
-        this.#host.countToTarget(chunk.byteLength);
+        this.#host.countToTarget(bytes);
       }
     } catch (err: unknown) {
       if (this.#closed) return;

@@ -14,6 +14,7 @@ import {
 } from "../src/protocol/mod.ts";
 import {
   closedPort,
+  describeFrame,
   expectError,
   LOOPBACK,
   MuxClient,
@@ -21,6 +22,7 @@ import {
   patternDigest,
   PatternStream,
   report,
+  sha256Hex,
   startEchoServer,
   startRelay,
   startSinkServer,
@@ -31,6 +33,8 @@ import {
   withTimeout,
 } from "./_util.ts";
 import type { ServerFrame } from "../src/protocol/mod.ts";
+import { defaultConfig } from "../src/config.ts";
+import { serveRelay } from "../src/server.ts";
 import { digestOf, readExactly } from "./client/_streams.ts";
 
 /** Proves the session still works: a fresh stream echoes. */
@@ -447,4 +451,27 @@ Deno.test("DATA and CLOSE behind an OPEN refused as malformed are dropped quietl
   client.sendClose(99);
   expectError(await client.next(99), ErrorCode.INVALID_FRAME, /no open stream has connection id 99/);
   for (const [id] of refused) assert.deepEqual(client.pending(id), [], `id ${id}`);
+});
+
+Deno.test("a 32 MiB upload at full speed arrives complete with the default settings", async () => {
+  // v1 cannot slow a client down, so the relay must drain each stream's queue faster than a client that
+  // keeps its own send buffer under 1 MiB (as a browser app watching bufferedAmount does) can fill it.
+  const total = 32 * 1024 * 1024;
+  await using sink = startSinkServer();
+  await using relay = serveRelay(
+    defaultConfig({ port: 0, authTokens: [TOKEN], allowCidrs: ["127.0.0.1/32"] }),
+  );
+  await using client = await MuxClient.connect(muxUrl(relay.port));
+  await client.open(1, sink.port);
+  const payload = new PatternStream(32).fill(new Uint8Array(total));
+  for (let off = 0; off < total; off += 64 * 1024) {
+    client.sendData(1, payload.subarray(off, off + 64 * 1024));
+    while (client.ws.bufferedAmount > 1024 * 1024) await new Promise((r) => setTimeout(r, 1));
+  }
+  client.sendClose(1);
+  const frame = await client.next(1, 30_000);
+  assert.equal(frame.type, FrameType.CLOSE, JSON.stringify(describeFrame(frame)));
+  const received = await withTimeout(sink.received, 30_000, "the sink to see EOF");
+  assert.equal(received.byteLength, total);
+  assert.equal(sha256Hex(received), sha256Hex(payload));
 });
