@@ -63,15 +63,6 @@ export class Metrics {
     this.#durationSeconds!.observe(durationMs / 1000);
   }
 
-  /** A plain-object copy of every counter. */
-  snapshot(): Record<string, number | Record<string, number>> {
-    const out: Record<string, number | Record<string, number>> = {};
-    for (const [key, value] of Object.entries(this)) {
-      out[key] = value instanceof Map ? Object.fromEntries(value) : value as number;
-    }
-    return out;
-  }
-
   /** The Prometheus text exposition of every metric. */
   exposition(): Promise<string> {
     return this.registry().metrics();

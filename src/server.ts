@@ -9,7 +9,7 @@ import { demoResponse, isDemoPath } from "./demo/mod.ts";
 import { Metrics } from "./metrics.ts";
 import { createPolicy } from "./policy/policy.ts";
 import { MUX_PATH, MUX_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX } from "./protocol/mod.ts";
-import { Session } from "./session.ts";
+import { CLOSE_GOING_AWAY, Session } from "./session.ts";
 import type { Dial } from "./tcp_stream.ts";
 
 const logger = getLogger(["aero-net-proxy", "server"]);
@@ -306,7 +306,7 @@ export class Relay {
         setTimeout(resolve, Math.min(50, Math.max(1, deadline - performance.now())))
       );
     }
-    await this.closeAll(1001, "relay shutting down");
+    await this.closeAll(CLOSE_GOING_AWAY, "relay shutting down");
   }
 
   /**

@@ -302,10 +302,6 @@ export class MuxClient implements AsyncDisposable {
     this.#handlers.set(id, handler);
   }
 
-  offFrames(id: number): void {
-    this.#handlers.delete(id);
-  }
-
   /** Sends OPEN and waits for the acknowledgement. */
   async open(id: number, port: number, ip: readonly number[] = LOOPBACK): Promise<void> {
     this.send(encodeOpen(id, ip, port));
