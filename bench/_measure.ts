@@ -83,6 +83,47 @@ export function sampleRss(
   };
 }
 
+/**
+ * Bytes the kernel holds in the TCP connections to or from loopback `port` (Recv-Q plus Send-Q of both ends,
+ * read with `ss`), sampled every `everyMs` until stopped (at most `maxSamples`). `stop()` returns the median
+ * sample, or `undefined` where `ss` is missing: the benchmark then reports no figure rather than a wrong one.
+ */
+export function sampleKernelQueue(
+  port: number,
+  options: { everyMs: number; maxSamples: number },
+): { stop(): Promise<number | undefined> } {
+  const samples: number[] = [];
+  let running = true;
+  let available = true;
+  const filter = `( sport = :${port} or dport = :${port} )`;
+  const loop = (async () => {
+    for (let i = 0; i < options.maxSamples && running && available; i++) {
+      try {
+        const text = await shell(`ss -tnH state established '${filter}'`);
+        let bytes = 0;
+        for (const line of text.split("\n")) {
+          // With a state filter, ss prints: Recv-Q Send-Q Local-Address:Port Peer-Address:Port
+          const [recvQ, sendQ] = line.trim().split(/\s+/);
+          if (recvQ !== undefined && sendQ !== undefined) {
+            bytes += (Number(recvQ) || 0) + (Number(sendQ) || 0);
+          }
+        }
+        samples.push(bytes);
+      } catch {
+        available = false;
+      }
+      if (running) await delay(options.everyMs);
+    }
+  })();
+  return {
+    async stop() {
+      running = false;
+      await loop;
+      return samples.length === 0 ? undefined : percentile(samples, 50);
+    },
+  };
+}
+
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }

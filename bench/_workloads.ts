@@ -7,7 +7,7 @@ import { RelayClient } from "../src/client/mod.ts";
 import { FrameType, HEADER_SIZE, MUX_PATH } from "../src/protocol/mod.ts";
 import { RawWebSocket } from "../tests/_raw_ws.ts";
 import { dataFrame, dial, header, MuxSession, sizeRequest, type StreamHandler, writeAll } from "./_client.ts";
-import { deadline, delay, percentile, sampleRss } from "./_measure.ts";
+import { deadline, delay, percentile, sampleKernelQueue, sampleRss } from "./_measure.ts";
 import { BENCH_TOKEN, type RelayUnderTest } from "./_relay.ts";
 import { ACK_UNIT } from "./_targets.ts";
 
@@ -410,6 +410,48 @@ export async function idleStreamsMemory(
 }
 
 /**
+ * Where an idle stream's memory goes, with the relay in this process: V8 heap in use and off-heap buffers
+ * per stream after a full GC (needs `--v8-flags=--expose-gc`). The load generator's own
+ * per-stream bookkeeping (a handler each) is included, so the heap figure is an upper bound for the relay.
+ */
+export async function idleStreamsHeap(
+  relay: RelayUnderTest,
+  targets: Targets,
+  streams: number,
+): Promise<Metrics> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (gc === undefined) throw new Error("the heap breakdown needs --v8-flags=--expose-gc");
+  const settle = async () => {
+    for (let i = 0; i < 3; i++) {
+      gc();
+      await delay(50);
+    }
+    return Deno.memoryUsage();
+  };
+  await using session = await MuxSession.connect(relay.port, BENCH_TOKEN);
+  const before = await settle();
+  let acked = 0;
+  const { promise, resolve, reject } = Promise.withResolvers<void>();
+  for (let id = 1; id <= streams; id++) {
+    session.open(id, targets.stalled, {
+      onOpen: () => ++acked === streams && resolve(),
+      onError: (code, message) => reject(new Error(`idle stream ${id}: ERROR ${code} ${message}`)),
+    });
+  }
+  await deadline(promise, TRANSFER_MS, "idle streams");
+  await delay(300);
+  const after = await settle();
+  // RSS is left out: in this process it also moves with the load generator and earlier runs' freed pages.
+  const perStream = (key: "heapUsed" | "heapTotal" | "external") =>
+    (after[key] - before[key]) / 1024 / streams;
+  return {
+    heapUsedKiB: perStream("heapUsed"),
+    heapTotalKiB: perStream("heapTotal"),
+    externalKiB: perStream("external"),
+  };
+}
+
+/**
  * Downloads `total` bytes with a raw WebSocket client that stops reading for `pauseMs` after a quarter of the
  * bytes; samples the relay's RSS all along.
  */
@@ -487,9 +529,12 @@ export async function rttUnderDownload(
         downloadDone = true;
       })();
       await deadline(waitFor(() => got >= 4 * MIB || downloadDone), STALL_MS, "download start");
+      const queue = sampleKernelQueue(targets.source, KERNEL_QUEUE_SAMPLING);
       const rtts = await pingLoop(pinger, { count, maxMs: 60_000, until: () => downloadDone });
+      const queued = await queue.stop();
       await deadline(reading, TRANSFER_MS, "raw download");
-      return { ...rttMetrics(rtts), aMiBPerSec: total / MIB / ((performance.now() - started) / 1000) };
+      const aMiBPerSec = total / MIB / ((performance.now() - started) / 1000);
+      return { ...rttMetrics(rtts), aMiBPerSec, ...queueMetrics(queued, aMiBPerSec) };
     } finally {
       pinger.close();
       conn.close();
@@ -500,10 +545,27 @@ export async function rttUnderDownload(
   const downloading = muxDownload(session, targets, 1, total, (n) => got = n);
   downloading.catch(() => {});
   await deadline(waitFor(() => got >= 4 * MIB), STALL_MS, "download start");
+  // Only the client <-> relay connection: what waits there is ahead of B's reply. (The relay's own send
+  // buffer, bufferedAmount, is not visible from outside; it stays under the high watermark.)
+  const queue = sampleKernelQueue(relay.port, KERNEL_QUEUE_SAMPLING);
   const rtts = await pingLoop(pinger, { count, maxMs: 60_000, until: () => got >= total });
+  const queued = await queue.stop();
   const { seconds } = await downloading;
   pinger.close();
-  return { ...rttMetrics(rtts), aMiBPerSec: total / MIB / seconds };
+  const aMiBPerSec = total / MIB / seconds;
+  return { ...rttMetrics(rtts), aMiBPerSec, ...queueMetrics(queued, aMiBPerSec) };
+}
+
+const KERNEL_QUEUE_SAMPLING = { everyMs: 100, maxSamples: 600 };
+
+/**
+ * The median bytes the kernel held between A's sender and the load generator while B pinged, and how long
+ * a reply queued behind them waits at A's rate: if that wait is most of B's RTT, the queue is the cause.
+ */
+function queueMetrics(queued: number | undefined, aMiBPerSec: number): Metrics {
+  if (queued === undefined) return {};
+  const queueMiB = queued / MIB;
+  return { kernelQueueMiB: queueMiB, queueWaitMs: (queueMiB / aMiBPerSec) * 1000 };
 }
 
 async function waitFor(condition: () => boolean): Promise<void> {

@@ -7,7 +7,8 @@
  * Options: `--quick` (smaller sizes), `--runs=N` (default 3), `--only=W1,W3`, `--out=FILE`,
  * `--profile=DIR` (V8 CPU profile of the subprocess relay), `--relay-env=NAME=VALUE` (repeatable, e.g.
  * watermarks), `--upload-window=KiB` (W2's unacknowledged bytes), `--relay-dir=DIR` (run the subprocess relay
- * from another checkout, for A/B comparisons), `--no-in-process`.
+ * from another checkout, for A/B comparisons), `--deno-flag=FLAG` (repeatable, e.g. `--v8-flags=...` for the
+ * subprocess relay), `--no-in-process`.
  * @module
  */
 import { parseArgs } from "node:util";
@@ -18,6 +19,7 @@ import {
   clientOrRawDownload,
   clientOrRawRtt,
   download,
+  idleStreamsHeap,
   idleStreamsMemory,
   manyStreams,
   type Metrics,
@@ -51,6 +53,7 @@ const { values: flags } = parseArgs({
     "no-in-process": { type: "boolean", default: false },
     "upload-window": { type: "string" },
     "relay-dir": { type: "string" },
+    "deno-flag": { type: "string", multiple: true },
   },
 });
 
@@ -84,6 +87,7 @@ const spawnOptions = {
   env: relayEnv,
   ...(flags.profile === undefined ? {} : { profileDir: flags.profile }),
   ...(flags["relay-dir"] === undefined ? {} : { relayDir: flags["relay-dir"] }),
+  denoFlags: flags["deno-flag"] ?? [],
 };
 
 type Variant = "raw" | "relay" | "inproc";
@@ -123,16 +127,25 @@ async function measure(
     return;
   }
   const wall = (performance.now() - wall0) / 1000;
-  const ownPct = ((ownCpuSeconds() - own0) / wall) * 100;
-  const targetsPct = targetsPid === undefined
-    ? 0
-    : (((await cpuSecondsOf(targetsPid)) - targets0) / wall) * 100;
+  const ownCpu = ownCpuSeconds() - own0;
+  const targetsCpu = targetsPid === undefined ? 0 : (await cpuSecondsOf(targetsPid)) - targets0;
+  const ownPct = (ownCpu / wall) * 100;
+  const targetsPct = (targetsCpu / wall) * 100;
   record(workload, variant, metrics);
   if (relay?.kind === "subprocess") {
     const relayCpu = (await relay.cpuSeconds()) - relay0;
-    record(workload, "cpu", { loadgenPct: ownPct, relayPct: (relayCpu / wall) * 100, targetsPct });
+    record(workload, "cpu", {
+      loadgenPct: ownPct,
+      relayPct: (relayCpu / wall) * 100,
+      targetsPct,
+      relayCpuSeconds: ownCpu + relayCpu + targetsCpu,
+    });
   } else if (variant === "raw") {
-    record(workload, "cpu", { rawLoadgenPct: ownPct, rawTargetsPct: targetsPct });
+    record(workload, "cpu", {
+      rawLoadgenPct: ownPct,
+      rawTargetsPct: targetsPct,
+      rawCpuSeconds: ownCpu + targetsCpu,
+    });
   }
   const shown = Object.entries(metrics).map(([k, v]) => `${k}=${round(v)}`).join(" ");
   say(`  ${workload} ${variant.padEnd(6)} ${shown}`);
@@ -215,6 +228,12 @@ say(`relay env: ${Object.entries({ ...BENCH_ENV, ...relayEnv }).map(([k, v]) => 
     if (wanted("W6")) {
       say(`W6 64-byte RTT on stream B while stream A downloads ${sizes.download / MIB} MiB`);
       await subprocessOnly("W6", (r) => rttUnderDownload(r, targets, sizes.download, sizes.w6Pings));
+    }
+    if (wanted("W5") && inproc !== undefined) {
+      say(`W5 where an idle stream's memory goes (in-process relay, after GC)`);
+      for (let run = 1; run <= runs; run++) {
+        await measure("W5-heap", "inproc", inproc, () => idleStreamsHeap(inproc, targets, sizes.streams));
+      }
     }
     if (wanted("W7")) {
       say(`W7 pings on stream B for ${sizes.w7Seconds} s while stream A's target stops reading`);
@@ -361,6 +380,17 @@ const rows: Row[] = [
     ratio: false,
     target: { text: "<= 16 MiB", check: (v) => v <= 16 },
   },
+  ...([
+    ["heapUsedKiB", "V8 heap in use"],
+    ["heapTotalKiB", "V8 heap reserved"],
+    ["externalKiB", "off-heap buffers"],
+  ] as const).map(([metric, what]): Row => ({
+    workload: "W5-heap",
+    what: `per idle stream, in-process, after GC: ${what}`,
+    metric,
+    unit: " KiB",
+    ratio: false,
+  })),
   {
     workload: "W6",
     what: "B RTT p50 while A downloads",
@@ -378,6 +408,20 @@ const rows: Row[] = [
     target: { text: "<= 3 ms", check: (v) => v <= 3 },
   },
   { workload: "W6", what: "A download during W6", metric: "aMiBPerSec", unit: " MiB/s", ratio: true },
+  {
+    workload: "W6",
+    what: "kernel bytes queued on the connection carrying A (ss, median)",
+    metric: "kernelQueueMiB",
+    unit: " MiB",
+    ratio: true,
+  },
+  {
+    workload: "W6",
+    what: "that queue / A's rate (relay: B waits behind it)",
+    metric: "queueWaitMs",
+    unit: " ms",
+    ratio: true,
+  },
   {
     workload: "W7",
     what: `B pings in ${sizes.w7Seconds} s, A's target stalled`,
@@ -421,10 +465,12 @@ for (const row of rows) {
   const raw = get(row.workload, "raw", row.metric);
   const relay = get(row.workload, "relay", row.metric);
   const inproc = get(row.workload, "inproc", row.metric);
-  if (relay === undefined) continue;
-  const ratio = row.ratio && raw !== undefined && raw.median !== 0 ? relay.median / raw.median : undefined;
+  if (relay === undefined && inproc === undefined) continue;
+  const ratio = row.ratio && raw !== undefined && relay !== undefined && raw.median !== 0
+    ? relay.median / raw.median
+    : undefined;
   const stalls = failures.some((f) => f.startsWith(`${row.workload} relay`));
-  const met = row.target === undefined
+  const met = row.target === undefined || relay === undefined
     ? undefined
     : !stalls && row.target.check(relay.median, raw?.median, ratio);
   const inprocRatio = row.ratio && raw !== undefined && inproc !== undefined
@@ -441,8 +487,8 @@ for (const row of rows) {
 }
 
 const cpuLines = [
-  "| Workload | raw TCP run: load generator | targets | relay run: load generator | relay | targets |",
-  "| -------- | --------------------------: | ------: | ------------------------: | ----: | ------: |",
+  "| Workload | raw TCP run: load generator | targets | CPU-s, all processes | relay run: load generator | relay | targets | CPU-s, all processes | relay / raw CPU-s |",
+  "| -------- | --------------------------: | ------: | -------------------: | ------------------------: | ----: | ------: | -------------------: | ----------------: |",
 ];
 for (const workload of Object.keys(results)) {
   const raw = get(workload, "cpu", "rawLoadgenPct");
@@ -451,10 +497,15 @@ for (const workload of Object.keys(results)) {
   if (loadgen === undefined) continue;
   const rawTargets = get(workload, "cpu", "rawTargetsPct");
   const targets = get(workload, "cpu", "targetsPct");
+  const rawSeconds = get(workload, "cpu", "rawCpuSeconds");
+  const relaySeconds = get(workload, "cpu", "relayCpuSeconds");
+  const cpuRatio = rawSeconds !== undefined && relaySeconds !== undefined && rawSeconds.median > 0
+    ? `${(relaySeconds.median / rawSeconds.median).toFixed(2)}x`
+    : "";
   cpuLines.push(
-    `| ${workload} | ${show(raw, "%")} | ${show(rawTargets, "%")} | ${show(loadgen, "%")} | ${
-      show(relay, "%")
-    } | ${show(targets, "%")} |`,
+    `| ${workload} | ${show(raw, "%")} | ${show(rawTargets, "%")} | ${show(rawSeconds, " s")} | ${
+      show(loadgen, "%")
+    } | ${show(relay, "%")} | ${show(targets, "%")} | ${show(relaySeconds, " s")} | ${cpuRatio} |`,
   );
 }
 
@@ -463,7 +514,10 @@ say();
 say(`Medians of ${runs} runs (min-max); ratios are relay median / raw TCP median from this run.`);
 say(lines.join("\n"));
 say();
-say("CPU share, % of one core (2 cores in all), median (min-max) over the runs:");
+say(
+  "CPU share, % of one core (2 cores in all), and CPU seconds summed over every process of a run " +
+    "(the work a run costs), median (min-max) over the runs:",
+);
 say(cpuLines.join("\n"));
 say();
 say(`Upload window: ${uploadWindow / 1024} KiB unacknowledged. Total time ${totalSeconds.toFixed(0)} s.`);
