@@ -451,6 +451,29 @@ export async function idleStreamsHeap(
   };
 }
 
+/** Deno's own cost per idle socket (`_socket_floor.ts` in a fresh process): the floor under W5. */
+export async function socketFloor(targets: Targets, sockets: number): Promise<Metrics> {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net=127.0.0.0/8",
+      "--v8-flags=--expose-gc",
+      new URL("./_socket_floor.ts", import.meta.url).pathname,
+      String(targets.stalled),
+      String(sockets),
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(TRANSFER_MS),
+  }).output();
+  const text = new TextDecoder().decode(output.stdout).trim();
+  if (!output.success) {
+    throw new Error(`socket floor probe failed: ${new TextDecoder().decode(output.stderr).trim()}`);
+  }
+  return JSON.parse(text) as Metrics;
+}
+
 /**
  * Downloads `total` bytes with a raw WebSocket client that stops reading for `pauseMs` after a quarter of the
  * bytes; samples the relay's RSS all along.

@@ -26,6 +26,7 @@ import {
   rtt,
   rttBesideStalledTarget,
   rttUnderDownload,
+  socketFloor,
   stalledClientMemory,
   type Targets,
   upload,
@@ -256,6 +257,7 @@ say(`relay env: ${Object.entries({ ...BENCH_ENV, ...relayEnv }).map(([k, v]) => 
         relay,
         () => stalledClientMemory(relay, targets, sizes.download, sizes.stalledPauseMs),
       );
+      await measure("W5-floor", "raw", undefined, () => socketFloor(targets, sizes.streams));
     }
   }
 }
@@ -381,6 +383,17 @@ const rows: Row[] = [
     target: { text: "<= 16 MiB", check: (v) => v <= 16 },
   },
   ...([
+    ["rssKiB", "RSS"],
+    ["heapUsedKiB", "V8 heap in use"],
+    ["heapTotalKiB", "V8 heap reserved"],
+  ] as const).map(([metric, what]): Row => ({
+    workload: "W5-floor",
+    what: `Deno alone: one socket with a pending 1 KiB read, per socket: ${what}`,
+    metric,
+    unit: " KiB",
+    ratio: false,
+  })),
+  ...([
     ["heapUsedKiB", "V8 heap in use"],
     ["heapTotalKiB", "V8 heap reserved"],
     ["externalKiB", "off-heap buffers"],
@@ -465,7 +478,7 @@ for (const row of rows) {
   const raw = get(row.workload, "raw", row.metric);
   const relay = get(row.workload, "relay", row.metric);
   const inproc = get(row.workload, "inproc", row.metric);
-  if (relay === undefined && inproc === undefined) continue;
+  if (relay === undefined && inproc === undefined && raw === undefined) continue;
   const ratio = row.ratio && raw !== undefined && relay !== undefined && raw.median !== 0
     ? relay.median / raw.median
     : undefined;
