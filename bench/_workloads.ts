@@ -441,12 +441,11 @@ export async function idleStreamsHeap(
   await deadline(promise, TRANSFER_MS, "idle streams");
   await delay(300);
   const after = await settle();
-  // RSS is left out: in this process it also moves with the load generator and earlier runs' freed pages.
-  const perStream = (key: "heapUsed" | "heapTotal" | "external") =>
-    (after[key] - before[key]) / 1024 / streams;
+  // RSS and the reserved heap are left out: in this process they also move with the load generator and
+  // with what earlier runs freed.
+  const perStream = (key: "heapUsed" | "external") => (after[key] - before[key]) / 1024 / streams;
   return {
     heapUsedKiB: perStream("heapUsed"),
-    heapTotalKiB: perStream("heapTotal"),
     externalKiB: perStream("external"),
   };
 }
@@ -533,6 +532,7 @@ export async function rttUnderDownload(
   targets: Targets,
   total: number,
   count: number,
+  sampleQueue = false,
 ): Promise<Metrics> {
   let downloadDone = false;
   let got = 0;
@@ -552,9 +552,9 @@ export async function rttUnderDownload(
         downloadDone = true;
       })();
       await deadline(waitFor(() => got >= 4 * MIB || downloadDone), STALL_MS, "download start");
-      const queue = sampleKernelQueue(targets.source, KERNEL_QUEUE_SAMPLING);
+      const queue = sampleQueue ? sampleKernelQueue(targets.source, KERNEL_QUEUE_SAMPLING) : undefined;
       const rtts = await pingLoop(pinger, { count, maxMs: 60_000, until: () => downloadDone });
-      const queued = await queue.stop();
+      const queued = await queue?.stop();
       await deadline(reading, TRANSFER_MS, "raw download");
       const aMiBPerSec = total / MIB / ((performance.now() - started) / 1000);
       return { ...rttMetrics(rtts), aMiBPerSec, ...queueMetrics(queued, aMiBPerSec) };
@@ -570,16 +570,17 @@ export async function rttUnderDownload(
   await deadline(waitFor(() => got >= 4 * MIB), STALL_MS, "download start");
   // Only the client <-> relay connection: what waits there is ahead of B's reply. (The relay's own send
   // buffer, bufferedAmount, is not visible from outside; it stays under the high watermark.)
-  const queue = sampleKernelQueue(relay.port, KERNEL_QUEUE_SAMPLING);
+  const queue = sampleQueue ? sampleKernelQueue(relay.port, KERNEL_QUEUE_SAMPLING) : undefined;
   const rtts = await pingLoop(pinger, { count, maxMs: 60_000, until: () => got >= total });
-  const queued = await queue.stop();
+  const queued = await queue?.stop();
   const { seconds } = await downloading;
   pinger.close();
   const aMiBPerSec = total / MIB / seconds;
   return { ...rttMetrics(rtts), aMiBPerSec, ...queueMetrics(queued, aMiBPerSec) };
 }
 
-const KERNEL_QUEUE_SAMPLING = { everyMs: 100, maxSamples: 600 };
+/** Often enough for a download of a few tenths of a second; each sample runs `ss` (about 2 ms of CPU). */
+const KERNEL_QUEUE_SAMPLING = { everyMs: 10, maxSamples: 6000 };
 
 /**
  * The median bytes the kernel held between A's sender and the load generator while B pinged, and how long
