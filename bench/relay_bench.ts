@@ -237,6 +237,12 @@ say(`relay env: ${Object.entries({ ...BENCH_ENV, ...relayEnv }).map(([k, v]) => 
       say(`W6q: W6 again, sampling the kernel's socket queues with ss`);
       await subprocessOnly("W6q", (r) => rttUnderDownload(r, apart, sizes.download, sizes.w6Pings, true));
     }
+    if (wanted("W5") && inproc !== undefined) {
+      say(`W5 where an idle stream's memory goes (in-process relay, after GC)`);
+      for (let run = 1; run <= runs; run++) {
+        await measure("W5-heap", "inproc", inproc, () => idleStreamsHeap(inproc, targets, sizes.streams));
+      }
+    }
     if (wanted("W7")) {
       say(`W7 pings on stream B for ${sizes.w7Seconds} s while stream A's target stops reading`);
       await subprocessOnly("W7", (r) => rttBesideStalledTarget(r, targets, sizes.w7Seconds));
