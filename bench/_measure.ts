@@ -124,6 +124,17 @@ export function sampleKernelQueue(
   };
 }
 
+/** This process's memory after three full GCs a little apart; needs `--v8-flags=--expose-gc`. */
+export async function memoryAfterGc(): Promise<Deno.MemoryUsage> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (gc === undefined) throw new Error("memory after GC needs --v8-flags=--expose-gc");
+  for (let i = 0; i < 3; i++) {
+    gc();
+    await delay(50);
+  }
+  return Deno.memoryUsage();
+}
+
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -5,25 +5,14 @@
  * Run by relay_bench.ts as `deno run --allow-net=127.0.0.0/8 --v8-flags=--expose-gc _socket_floor.ts PORT N`.
  * @module
  */
-import { delay } from "./_measure.ts";
+import { delay, memoryAfterGc } from "./_measure.ts";
 
 const port = Number(Deno.args[0]);
 const count = Math.min(10_000, Number(Deno.args[1]));
 if (!Number.isInteger(port) || !Number.isInteger(count) || count < 1) {
   throw new Error("usage: _socket_floor.ts PORT COUNT");
 }
-const gc = (globalThis as { gc?: () => void }).gc;
-if (gc === undefined) throw new Error("run with --v8-flags=--expose-gc");
-
-async function settle(): Promise<Deno.MemoryUsage> {
-  for (let i = 0; i < 3; i++) {
-    gc!();
-    await delay(50);
-  }
-  return Deno.memoryUsage();
-}
-
-const before = await settle();
+const before = await memoryAfterGc();
 const conns: Deno.TcpConn[] = [];
 const loops: Promise<void>[] = [];
 for (let i = 0; i < count; i++) {
@@ -39,7 +28,7 @@ for (let i = 0; i < count; i++) {
   );
 }
 await delay(300);
-const after = await settle();
+const after = await memoryAfterGc();
 const perSocket = (key: "rss" | "heapUsed" | "heapTotal") => (after[key] - before[key]) / 1024 / count;
 for (const conn of conns) conn.close();
 await Promise.all(loops);

@@ -7,7 +7,7 @@ import { RelayClient } from "../src/client/mod.ts";
 import { FrameType, HEADER_SIZE, MUX_PATH } from "../src/protocol/mod.ts";
 import { RawWebSocket } from "../tests/_raw_ws.ts";
 import { dataFrame, dial, header, MuxSession, sizeRequest, type StreamHandler, writeAll } from "./_client.ts";
-import { deadline, delay, percentile, sampleKernelQueue, sampleRss } from "./_measure.ts";
+import { deadline, delay, memoryAfterGc, percentile, sampleKernelQueue, sampleRss } from "./_measure.ts";
 import { BENCH_TOKEN, type RelayUnderTest } from "./_relay.ts";
 import { ACK_UNIT } from "./_targets.ts";
 
@@ -386,6 +386,19 @@ export function manyStreams(relay: RelayUnderTest | undefined, targets: Targets,
 
 // --- W5 memory ----------------------------------------------------------------------------------------
 
+/** Opens `streams` streams to the target that never sends, and waits until the relay has acknowledged all. */
+async function openIdleStreams(session: MuxSession, targets: Targets, streams: number): Promise<void> {
+  let acked = 0;
+  const { promise, resolve, reject } = Promise.withResolvers<void>();
+  for (let id = 1; id <= streams; id++) {
+    session.open(id, targets.stalled, {
+      onOpen: () => ++acked === streams && resolve(),
+      onError: (code, message) => reject(new Error(`idle stream ${id}: ERROR ${code} ${message}`)),
+    });
+  }
+  await deadline(promise, TRANSFER_MS, `${streams} idle streams`);
+}
+
 /** RSS with 1,000 idle streams (OPENed to a target that never sends), per stream. */
 export async function idleStreamsMemory(
   relay: RelayUnderTest,
@@ -395,15 +408,7 @@ export async function idleStreamsMemory(
   await using session = await MuxSession.connect(relay.port, BENCH_TOKEN);
   await delay(200);
   const before = await relay.rss();
-  let acked = 0;
-  const { promise, resolve, reject } = Promise.withResolvers<void>();
-  for (let id = 1; id <= streams; id++) {
-    session.open(id, targets.stalled, {
-      onOpen: () => ++acked === streams && resolve(),
-      onError: (code, message) => reject(new Error(`idle stream ${id}: ERROR ${code} ${message}`)),
-    });
-  }
-  await deadline(promise, TRANSFER_MS, "1,000 idle streams");
+  await openIdleStreams(session, targets, streams);
   await delay(500);
   const after = await relay.rss();
   return { rssWithStreamsMiB: after / MIB, kibPerStream: (after - before) / 1024 / streams };
@@ -419,28 +424,11 @@ export async function idleStreamsHeap(
   targets: Targets,
   streams: number,
 ): Promise<Metrics> {
-  const gc = (globalThis as { gc?: () => void }).gc;
-  if (gc === undefined) throw new Error("the heap breakdown needs --v8-flags=--expose-gc");
-  const settle = async () => {
-    for (let i = 0; i < 3; i++) {
-      gc();
-      await delay(50);
-    }
-    return Deno.memoryUsage();
-  };
   await using session = await MuxSession.connect(relay.port, BENCH_TOKEN);
-  const before = await settle();
-  let acked = 0;
-  const { promise, resolve, reject } = Promise.withResolvers<void>();
-  for (let id = 1; id <= streams; id++) {
-    session.open(id, targets.stalled, {
-      onOpen: () => ++acked === streams && resolve(),
-      onError: (code, message) => reject(new Error(`idle stream ${id}: ERROR ${code} ${message}`)),
-    });
-  }
-  await deadline(promise, TRANSFER_MS, "idle streams");
+  const before = await memoryAfterGc();
+  await openIdleStreams(session, targets, streams);
   await delay(300);
-  const after = await settle();
+  const after = await memoryAfterGc();
   // RSS and the reserved heap are left out: in this process they also move with the load generator and
   // with what earlier runs freed.
   const perStream = (key: "heapUsed" | "external") => (after[key] - before[key]) / 1024 / streams;
