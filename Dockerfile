@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # Build stage: compile the relay into one executable with Deno 2.9.6 (pinned). The binary embeds the sandboxed
 # permissions of `deno task compile`: network with the special ranges denied, AERO_PROXY_* variables, and reads of
-# /run/secrets and /etc/aero-net-proxy only.
+# /run/secrets, /etc/aero-net-proxy and /dev/null (opened at startup to count the descriptors left) only.
 FROM denoland/deno:2.9.6 AS build
 WORKDIR /app
 COPY deno.json deno.lock main.ts ./

@@ -4,6 +4,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import ipaddr from "ipaddr.js";
 import { parseCidr } from "./policy/policy.ts";
 
 /** Log levels accepted by `AERO_PROXY_LOG_LEVEL`. */
@@ -27,10 +28,13 @@ export interface Config {
   /** Believe `X-Forwarded-For` for the client IP (only behind a trusted reverse proxy). */
   readonly trustProxy: boolean;
   readonly allowPrivateIps: boolean;
+  /** Network addresses only (no host bits set); `none` in the environment gives the empty list. */
   readonly allowCidrs: readonly string[];
+  /** Network addresses only (no host bits set); `none` in the environment gives the empty list. */
   readonly denyCidrs: readonly string[];
   /** Empty means every port not denied. */
   readonly allowPorts: readonly number[];
+  /** Defaults to SMTP; only an explicit `none` empties it (a blank value is refused). */
   readonly denyPorts: readonly number[];
   readonly maxStreamsPerSession: number;
   /** OPEN frames per second per session; 0 means unlimited. */
@@ -67,6 +71,25 @@ export interface Config {
   readonly tlsKeyFile: string;
   /** Serve the browser demo page at `/demo/`. */
   readonly demo: boolean;
+  /**
+   * Sockets held at once: client connections, target connections and lingering ones. `undefined` means
+   * "auto": derive it from the open-file limit at startup (see {@linkcode autoMaxSockets}).
+   */
+  readonly maxSockets: number | undefined;
+  /** Connections that have not finished their HTTP request or upgrade, in total (over: closed with 503). */
+  readonly maxPendingConnections: number;
+  /** Such pending connections per client IP (over: closed with 429). */
+  readonly maxPendingPerIp: number;
+  /** Time a new connection has to send its whole request head (over: 408 and close). */
+  readonly headerTimeoutMs: number;
+  /** Largest request head, request line and headers together (over: 431). */
+  readonly maxHeaderBytes: number;
+  /** Time a fragmented WebSocket message has to arrive whole (over: close 1008). */
+  readonly messageTimeoutMs: number;
+  /** Client bytes queued towards targets across all sessions; past it, sessions that add more are paused. */
+  readonly totalQueueBytes: number;
+  /** While its session is paused for a full queue, a stream whose target accepts nothing this long gets ERROR 8. */
+  readonly uploadStallMs: number;
 }
 
 type Kind =
@@ -79,6 +102,7 @@ type Kind =
   | "cidrs"
   | "ports"
   | "count"
+  | "autocount"
   | "rate"
   | "level"
   | "format"
@@ -104,6 +128,8 @@ const MIB = 1024 * KIB;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** Deno's WebSocket drops a connection whose message is larger than this before the relay sees it. */
 const MAX_WEBSOCKET_MESSAGE = 64 * MIB;
+/** Largest accepted request-head limit: beyond this a slow client could pin a lot of memory per socket. */
+const MAX_HEADER_LIMIT = 1 * MIB;
 
 /** Every option, in the order `--help` and the README list them. */
 export const OPTIONS: readonly OptionSpec[] = [
@@ -423,6 +449,78 @@ export const OPTIONS: readonly OptionSpec[] = [
     default: "0",
     description: "Serve the browser demo page at /demo/ (1, or the bare flag --demo)",
   },
+  {
+    key: "maxSockets",
+    env: "AERO_PROXY_MAX_SOCKETS",
+    flag: "max-sockets",
+    kind: "autocount",
+    default: "auto",
+    description: "Sockets held at once: client connections, target connections and lingering ones " +
+      "(auto: 90 % of the open-file limit, less 64). Over: new connections get 503, new streams ERROR 4",
+  },
+  {
+    key: "maxPendingConnections",
+    env: "AERO_PROXY_MAX_PENDING",
+    flag: "max-pending",
+    kind: "count",
+    default: "1024",
+    description:
+      "Connections that have not finished their HTTP request or upgrade, in total (over: closed with 503)",
+  },
+  {
+    key: "maxPendingPerIp",
+    env: "AERO_PROXY_MAX_PENDING_PER_IP",
+    flag: "max-pending-per-ip",
+    kind: "count",
+    default: "64",
+    description: "Such connections per client IP (over: closed with 429)",
+  },
+  {
+    key: "headerTimeoutMs",
+    env: "AERO_PROXY_HEADER_TIMEOUT_MS",
+    flag: "header-timeout-ms",
+    kind: "count",
+    default: "10000",
+    description: "Time a new connection has to send its whole request head (over: 408 and close)",
+    max: MAX_TIMER_MS,
+  },
+  {
+    key: "maxHeaderBytes",
+    env: "AERO_PROXY_MAX_HEADER_BYTES",
+    flag: "max-header-bytes",
+    kind: "count",
+    default: "16384",
+    description: "Largest request head: request line and headers (over: 431)",
+    max: MAX_HEADER_LIMIT,
+  },
+  {
+    key: "messageTimeoutMs",
+    env: "AERO_PROXY_MESSAGE_TIMEOUT_MS",
+    flag: "message-timeout-ms",
+    kind: "count",
+    default: "30000",
+    description: "Time a fragmented WebSocket message has to arrive whole (over: close 1008)",
+    max: MAX_TIMER_MS,
+  },
+  {
+    key: "totalQueueBytes",
+    env: "AERO_PROXY_TOTAL_QUEUE_BYTES",
+    flag: "total-queue-bytes",
+    kind: "count",
+    default: String(256 * MIB),
+    description:
+      "Client bytes queued towards targets across all sessions; over it, sessions that add more are paused",
+  },
+  {
+    key: "uploadStallMs",
+    env: "AERO_PROXY_UPLOAD_STALL_MS",
+    flag: "upload-stall-ms",
+    kind: "count",
+    default: "1000",
+    description:
+      "While a session is paused for a full queue, a stream whose target accepts nothing for this long gets ERROR 8",
+    max: MAX_TIMER_MS,
+  },
 ];
 
 /** Bad configuration: the message names every offending variable or flag and what it accepts. */
@@ -483,11 +581,54 @@ function splitList(text: string): string[] {
   return text.split(",").map((p) => p.trim()).filter((p) => p !== "");
 }
 
+/** Whether `text` is the explicit empty list, `none` (any case). */
+function isNone(text: string): boolean {
+  return text.trim().toLowerCase() === "none";
+}
+
+function formatIpv4(value: number): string {
+  return [value >>> 24, (value >>> 16) & 0xff, (value >>> 8) & 0xff, value & 0xff].join(".");
+}
+
+/**
+ * The CIDR `text` names, if its address has host bits set (as in `10.0.0.1/8`): then the network address it
+ * was probably meant to be (`10.0.0.0/8`). `undefined` for a CIDR without host bits or one that does not parse.
+ */
+export function cidrNetworkIfHostBitsSet(text: string): string | undefined {
+  const cidr = parseCidr(text);
+  if (cidr === undefined) return undefined;
+  const [address = "", prefix = "32"] = cidr.text.split("/");
+  const octets = ipaddr.IPv4.parse(address).octets;
+  const value = ((octets[0]! << 24) | (octets[1]! << 16) | (octets[2]! << 8) | octets[3]!) >>> 0;
+  return value === cidr.network ? undefined : `${formatIpv4(cidr.network)}/${Number(prefix)}`;
+}
+
+/**
+ * The `--max-sockets` value that `auto` stands for: 90 % of the process's open-file limit, less 64 for
+ * the listener, log output and other descriptors the relay itself holds. At least 1.
+ */
+export function autoMaxSockets(openFileLimit: number): number {
+  return Math.max(1, Math.floor(openFileLimit * 0.9) - 64);
+}
+
+/** Kinds that are lists and accept `none` for the empty list. */
+const NONE_KINDS: ReadonlySet<Kind> = new Set(["cidrs", "ports"]);
+
 /** Converts one option's text to its value, or returns an error sentence. */
 function convert(spec: OptionSpec, text: string): { value: unknown } | { problem: string } {
   const bad = (accepted: string) => ({
     problem: `${spec.env} must be ${accepted}, got ${JSON.stringify(text)}`,
   });
+  if (NONE_KINDS.has(spec.kind)) {
+    if (isNone(text)) return { value: [] };
+    // A blank value (or only commas) must not silently drop a safety default (AERO_PROXY_DENY_PORTS=25).
+    if (splitList(text).length === 0 && splitList(spec.default).length > 0) {
+      return {
+        problem: `${spec.env} is empty, which would drop its default ${JSON.stringify(spec.default)}: ` +
+          `write ${spec.env}=none to mean no entries`,
+      };
+    }
+  }
   switch (spec.kind) {
     case "host":
       return text.trim() === "" || /\s/.test(text)
@@ -533,14 +674,25 @@ function convert(spec: OptionSpec, text: string): { value: unknown } | { problem
     case "cidrs": {
       const cidrs = splitList(text);
       for (const cidr of cidrs) {
-        if (parseCidr(cidr) === undefined) return bad("comma-separated IPv4 CIDRs such as 10.0.0.0/8");
+        if (parseCidr(cidr) === undefined) {
+          return bad("comma-separated IPv4 CIDRs such as 10.0.0.0/8, or none");
+        }
+        const network = cidrNetworkIfHostBitsSet(cidr);
+        if (network !== undefined) {
+          const [address] = cidr.split("/");
+          return {
+            problem:
+              `${spec.env} must list network addresses, but ${JSON.stringify(cidr)} has host bits set: ` +
+              `did you mean ${network}? (or ${address}/32 for that one address)`,
+          };
+        }
       }
       return { value: cidrs };
     }
     case "ports": {
       const ports = parsePortList(text);
       return ports === undefined
-        ? bad("comma-separated ports or ranges from 1 to 65535, such as 25,8000-8100")
+        ? bad("comma-separated ports or ranges from 1 to 65535, such as 25,8000-8100, or none")
         : {
           value: ports,
         };
@@ -550,6 +702,13 @@ function convert(spec: OptionSpec, text: string): { value: unknown } | { problem
       const value = parseInteger(text.trim(), 1, max);
       return value === undefined
         ? bad(`a positive integer${spec.max === undefined ? "" : ` up to ${max}`}`)
+        : { value };
+    }
+    case "autocount": {
+      if (text.trim().toLowerCase() === "auto") return { value: undefined };
+      const value = parseInteger(text.trim(), 1, spec.max ?? Number.MAX_SAFE_INTEGER);
+      return value === undefined
+        ? bad(`auto or a positive integer${spec.max === undefined ? "" : ` up to ${spec.max}`}`)
         : { value };
     }
     case "rate": {
@@ -627,7 +786,7 @@ export function parseCommand(
     const result = convert(spec, text);
     if ("problem" in result) {
       problems.push(
-        typeof fromFlag === "string" ? result.problem.replace(spec.env, `--${spec.flag}`) : result.problem,
+        typeof fromFlag === "string" ? result.problem.replaceAll(spec.env, `--${spec.flag}`) : result.problem,
       );
     } else {
       values[spec.key] = result.value;

@@ -12,6 +12,18 @@ import { ERROR_CODE_NAMES } from "./protocol/mod.ts";
 const DURATION_BUCKETS = [0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 1800, 3600];
 const CONNECT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
+/** Figures that are read where they live rather than counted. */
+export interface LiveFigures {
+  /** Client connections open now, upgraded or not. */
+  connections(): number;
+  /** Connections that have not finished their request yet. */
+  pendingConnections(): number;
+  socketsUsed(): number;
+  socketLimit(): number;
+  /** Client bytes queued towards targets across all sessions. */
+  queuedBytes(): number;
+}
+
 /** Counters and gauges of one relay instance. */
 export class Metrics {
   sessionsActive = 0;
@@ -39,6 +51,16 @@ export class Metrics {
   readonly errorsSent = new Map<number, number>();
   /** Streams ended, by reason. */
   readonly streamsClosed = new Map<string, number>();
+  /** Connections the listener turned away or dropped before their request was answered, by kind. */
+  readonly connectionsRefused = new Map<string, number>();
+  /** Failed `accept` calls (such as running out of descriptors), each retried after a backoff. */
+  acceptErrors = 0;
+  /** X-Forwarded-For values ignored because their last entry is not an IP address. */
+  forwardedInvalid = 0;
+  /** Times a session stopped reading its WebSocket because its upload queues were over budget. */
+  uploadPauses = 0;
+  /** Live figures read at scrape time (set by the relay that owns the listener and the budgets). */
+  live: LiveFigures | undefined;
 
   #registry: client.Registry | undefined;
   #connectSeconds: client.Histogram | undefined;
@@ -203,6 +225,44 @@ export class Metrics {
       "aero_proxy_backpressure_errors_total",
       "Streams ended with ERROR 8 because their target did not keep up",
       () => m.backpressureErrors,
+    );
+    labelled(
+      "aero_proxy_connections_refused_total",
+      "Connections turned away or dropped before their request was answered, by kind",
+      "kind",
+      m.connectionsRefused,
+    );
+    counter(
+      "aero_proxy_accept_errors_total",
+      "Failed accepts (such as no descriptor left), retried after a backoff",
+      () => m.acceptErrors,
+    );
+    counter(
+      "aero_proxy_forwarded_invalid_total",
+      "X-Forwarded-For headers ignored because the last entry is not an IP address",
+      () => m.forwardedInvalid,
+    );
+    counter(
+      "aero_proxy_upload_pauses_total",
+      "Times a session stopped reading its WebSocket while its upload queues were over budget",
+      () => m.uploadPauses,
+    );
+    gauge("aero_proxy_connections_open", "Client connections open now", () => m.live?.connections() ?? 0);
+    gauge(
+      "aero_proxy_connections_pending",
+      "Client connections that have not finished their request",
+      () => m.live?.pendingConnections() ?? 0,
+    );
+    gauge(
+      "aero_proxy_sockets_used",
+      "Sockets held: clients, targets, lingering",
+      () => m.live?.socketsUsed() ?? 0,
+    );
+    gauge("aero_proxy_sockets_limit", "The socket budget", () => m.live?.socketLimit() ?? 0);
+    gauge(
+      "aero_proxy_queued_bytes",
+      "Client bytes queued towards targets across all sessions",
+      () => m.live?.queuedBytes() ?? 0,
     );
     this.#connectSeconds = new client.Histogram({
       name: "aero_proxy_connect_duration_seconds",

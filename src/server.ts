@@ -4,23 +4,40 @@
  */
 import { getLogger } from "@logtape/logtape";
 import { offeredSubprotocols, tokenFromRequest, TokenSet } from "./auth.ts";
-import type { Config } from "./config.ts";
+import { probeOpenFiles, QueueBudget, type SocketBudget, socketBudget } from "./budget.ts";
+import { autoMaxSockets, type Config } from "./config.ts";
 import { demoResponse, isDemoPath } from "./demo/mod.ts";
+import { forwardedClientIp } from "./forwarded.ts";
 import { Metrics } from "./metrics.ts";
 import { createPolicy } from "./policy/policy.ts";
 import { MUX_PATH, MUX_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX } from "./protocol/mod.ts";
 import { CLOSE_GOING_AWAY, Session } from "./session.ts";
 import type { Dial } from "./tcp_stream.ts";
+import { type ConnInfo, HandshakeError, listen, upgradeWebSocket } from "./transport/listener.ts";
 
 const logger = getLogger(["aero-net-proxy", "server"]);
 
-/** How long a shutdown waits for clients to answer the WebSocket close frame. */
+/**
+ * How long a closing WebSocket waits for the client's close frame (and for its unsent data to drain) before
+ * the connection is dropped; also how long a shutdown waits for the close frames to reach clients.
+ */
 const CLOSE_HANDSHAKE_MS = 2000;
+/** Socket budget when the descriptors left cannot be probed (no read permission on /dev/null). */
+const FALLBACK_MAX_SOCKETS = 4096;
 
 /** Optional collaborators; production uses the defaults. */
 export interface RelayDeps {
   readonly metrics?: Metrics;
   readonly dial?: Dial;
+  /** The socket budget; default: from `config.maxSockets`, or from the open-file limit when that is auto. */
+  readonly sockets?: SocketBudget;
+}
+
+/** The socket budget `config` asks for: its number, or (auto) one derived from the open-file limit. */
+export function socketLimitFor(config: Config): number {
+  if (config.maxSockets !== undefined) return config.maxSockets;
+  const available = probeOpenFiles();
+  return available === undefined ? FALLBACK_MAX_SOCKETS : autoMaxSockets(available);
 }
 
 function text(status: number, body: string, headers: Record<string, string> = {}): Response {
@@ -38,14 +55,8 @@ function bumpCount(map: Map<string, number>, key: string, delta: number): void {
 }
 
 /** Turns `info.remoteAddr` into a printable client IP. */
-function peerIpOf(info: Deno.ServeHandlerInfo): string {
-  try {
-    const addr = info.remoteAddr as Deno.NetAddr;
-    return typeof addr.hostname === "string" ? addr.hostname : "unknown";
-  } catch {
-    // Deno throws here once the client has already gone away.
-    return "unknown";
-  }
+function peerIpOf(info: ConnInfo): string {
+  return typeof info.remoteAddr.hostname === "string" ? info.remoteAddr.hostname : "unknown";
 }
 
 /**
@@ -94,6 +105,8 @@ export class Relay {
   readonly #allowAnyOrigin: boolean;
   readonly #origins: ReadonlySet<string>;
   readonly #rejectionLog = new LogLimiter(10);
+  readonly #sockets: SocketBudget;
+  readonly #queue: QueueBudget;
   #draining = false;
 
   constructor(config: Config, deps: RelayDeps = {}) {
@@ -104,13 +117,39 @@ export class Relay {
     this.#dial = deps.dial ?? ((options) => Deno.connect({ ...options, transport: "tcp" }));
     this.#allowAnyOrigin = config.allowedOrigins.includes("*");
     this.#origins = new Set(config.allowedOrigins);
+    this.#sockets = deps.sockets ?? socketBudget(socketLimitFor(config));
+    this.#queue = new QueueBudget(config.totalQueueBytes);
   }
 
-  /** The client's IP: the TCP peer, or with `trustProxy` the last `X-Forwarded-For` entry. */
-  #clientIp(request: Request, info: Deno.ServeHandlerInfo): string {
+  /** The budget of sockets shared by client and target connections. */
+  get sockets(): SocketBudget {
+    return this.#sockets;
+  }
+
+  /** Client bytes queued towards targets, across all sessions. */
+  get queue(): QueueBudget {
+    return this.#queue;
+  }
+
+  /**
+   * The client's IP: the TCP peer, or with `trustProxy` the last `X-Forwarded-For` entry when it is an IP
+   * address (anything else is ignored and counted).
+   */
+  #clientIp(request: Request, info: ConnInfo, count = false): string {
     if (this.config.trustProxy) {
-      const forwarded = request.headers.get("x-forwarded-for")?.split(",").at(-1)?.trim();
-      if (forwarded !== undefined && forwarded !== "") return forwarded;
+      const forwarded = forwardedClientIp(request.headers.get("x-forwarded-for"));
+      if (forwarded !== undefined && "ip" in forwarded) return forwarded.ip;
+      if (forwarded !== undefined && count) {
+        this.metrics.forwardedInvalid++;
+        const suppressed = this.#rejectionLog.take(performance.now());
+        if (suppressed >= 0) {
+          logger.warn("forwarded_invalid", {
+            event: "forwarded_invalid",
+            clientIp: peerIpOf(info),
+            reason: `X-Forwarded-For ends in ${JSON.stringify(forwarded.invalid)}, not an IP address`,
+          });
+        }
+      }
     }
     return peerIpOf(info);
   }
@@ -124,7 +163,7 @@ export class Relay {
    * The `Deno.serve` handler. Every refusal is a plain response decided from the request line and headers,
    * before any WebSocket or session state exists.
    */
-  handler = (request: Request, info: Deno.ServeHandlerInfo): Response | Promise<Response> => {
+  handler = (request: Request, info: ConnInfo): Response | Promise<Response> => {
     if (request.url.length > this.config.maxUrlLength) {
       return this.#refuse(request, info, 414, "url_too_long");
     }
@@ -162,7 +201,7 @@ export class Relay {
       return text(400, `Bad Request: offer the "${MUX_SUBPROTOCOL}" subprotocol beside the token`);
     }
 
-    const clientIp = this.#clientIp(request, info);
+    const clientIp = this.#clientIp(request, info, true);
     // Sessions the relay has closed but whose peer has not finished the close handshake still hold a socket;
     // they count against twice the limit, so that peers that never answer cannot pile up sockets either.
     const active = this.#sessions.size;
@@ -179,15 +218,18 @@ export class Relay {
 
     let upgraded;
     try {
-      upgraded = Deno.upgradeWebSocket(request, {
-        idleTimeout: this.config.wsKeepaliveS,
+      upgraded = upgradeWebSocket(request, {
+        maxMessageBytes: this.config.maxFrameBytes,
+        messageTimeoutMs: this.config.messageTimeoutMs,
+        keepaliveMs: this.config.wsKeepaliveS * 1000,
+        closeTimeoutMs: CLOSE_HANDSHAKE_MS,
         ...(offered.includes(MUX_SUBPROTOCOL) ? { protocol: MUX_SUBPROTOCOL } : {}),
       });
     } catch (err: unknown) {
-      return text(400, `Bad Request: ${err instanceof Error ? err.message : "invalid WebSocket upgrade"}`);
+      if (!(err instanceof HandshakeError)) throw err;
+      return text(err.status, err.message, { ...err.headers });
     }
     const { socket, response } = upgraded;
-    socket.binaryType = "arraybuffer";
 
     let socketOpen = true;
     let countedAsClosing = false;
@@ -208,12 +250,15 @@ export class Relay {
       metrics: this.metrics,
       dial: this.#dial,
       clientIp,
+      sockets: this.#sockets,
+      queue: this.#queue,
       onClose: released,
     });
     this.#sessions.add(session);
     bumpCount(this.#sessionsPerIp, clientIp, 1);
     this.#socketsClosed.set(session, socketClosed.promise);
     socket.onmessage = (event) => session.receive(event.data);
+    socket.onviolation = (code, message) => session.peerViolation(code, message);
     // The socket has closed (handshake done, or the peer went away).
     const socketEnded = (code?: number, reason?: string) => {
       if (!socketOpen) return;
@@ -227,11 +272,10 @@ export class Relay {
       this.#socketsClosed.delete(session);
     };
     socket.onclose = (event) => socketEnded(event.code, event.reason === "" ? undefined : event.reason);
-    socket.onerror = () => socketEnded(undefined, "WebSocket error");
     return response;
   };
 
-  #authFailed(request: Request, info: Deno.ServeHandlerInfo, status: 401 | 403, why: string): Response {
+  #authFailed(request: Request, info: ConnInfo, status: 401 | 403, why: string): Response {
     this.metrics.authFailures++;
     this.#logRejection("auth_failed", request, info, `token ${why}`);
     return status === 401
@@ -244,7 +288,7 @@ export class Relay {
   /** Refuses an upgrade for a limit or a rule; counted by kind, logged with a flood guard. */
   #refuse(
     request: Request,
-    info: Deno.ServeHandlerInfo,
+    info: ConnInfo,
     status: number,
     kind: string,
     headers: Record<string, string> = {},
@@ -260,7 +304,7 @@ export class Relay {
     return text(status, body[status] ?? "Refused", headers);
   }
 
-  #logRejection(event: string, request: Request, info: Deno.ServeHandlerInfo, reason: string): void {
+  #logRejection(event: string, request: Request, info: ConnInfo, reason: string): void {
     const suppressed = this.#rejectionLog.take(performance.now());
     if (suppressed < 0) return;
     logger.warn(event, {
@@ -352,17 +396,48 @@ export interface ServeOptions {
 /** Starts a relay listening on `config.host:config.port` (and the metrics listener, if configured). */
 export function serveRelay(config: Config, deps: RelayDeps = {}, options: ServeOptions = {}): RunningRelay {
   const relay = new Relay(config, deps);
-  const abort = new AbortController();
-  const server = Deno.serve(
-    {
-      hostname: config.host,
-      port: config.port,
-      signal: abort.signal,
-      onListen: () => {},
-      ...(options.tls ?? {}),
+  const metrics = relay.metrics;
+  const acceptLog = new LogLimiter(1);
+  const server = listen({
+    hostname: config.host,
+    port: config.port,
+    ...(options.tls === undefined ? {} : { tls: options.tls }),
+    handler: relay.handler,
+    sockets: relay.sockets,
+    maxPending: config.maxPendingConnections,
+    maxPendingPerIp: config.maxPendingPerIp,
+    headerTimeoutMs: config.headerTimeoutMs,
+    maxHeaderBytes: config.maxHeaderBytes,
+    maxUrlLength: config.maxUrlLength,
+    onRefused: (kind) => Metrics.bump(metrics.connectionsRefused, kind),
+    onAcceptError: (err, retryMs) => {
+      metrics.acceptErrors++;
+      const suppressed = acceptLog.take(performance.now());
+      if (suppressed < 0) return;
+      logger.error("accept_failed", {
+        event: "accept_failed",
+        reason: err instanceof Error ? `${err.name}: ${err.message}` : String(err),
+        retryMs,
+        ...(suppressed > 0 ? { suppressedSinceLast: suppressed } : {}),
+      });
     },
-    relay.handler,
-  );
+    onHandlerError: (err) => {
+      logger.error("internal_error", {
+        event: "error",
+        reason: err instanceof Error ? `${err.name}: ${err.message}` : String(err),
+        stack: err instanceof Error ? err.stack ?? null : null,
+      });
+    },
+  });
+  metrics.live = {
+    connections: () => server.connections,
+    pendingConnections: () => server.pending,
+    socketsUsed: () => relay.sockets.used,
+    socketLimit: () => relay.sockets.limit,
+    queuedBytes: () => relay.queue.used,
+  };
+  // The metrics listener is for the operator's network only; Deno's server is enough there.
+  const abort = new AbortController();
   const metricsServer = config.metricsPort === undefined ? undefined : Deno.serve(
     { hostname: config.metricsHost, port: config.metricsPort, signal: abort.signal, onListen: () => {} },
     relay.operationsHandler,
@@ -372,7 +447,7 @@ export function serveRelay(config: Config, deps: RelayDeps = {}, options: ServeO
     closing ??= (async () => {
       await relay.drain(graceMs);
       abort.abort();
-      await Promise.all([server.finished, metricsServer?.finished]);
+      await Promise.all([server.close(), metricsServer?.finished]);
     })();
   const close = () => shutdown(0);
   return {

@@ -4,7 +4,7 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { clearImmediate, setImmediate } from "node:timers";
+import type { QueueBudget, SocketBudget } from "./budget.ts";
 import type { Config } from "./config.ts";
 import { Metrics } from "./metrics.ts";
 import type { Policy } from "./policy/policy.ts";
@@ -20,10 +20,20 @@ import {
   SESSION_ID,
 } from "./protocol/mod.ts";
 import { TokenBucket } from "./rate_limit.ts";
-import { type Dial, type StreamHost, TcpStream } from "./tcp_stream.ts";
+import { type Dial, MIN_READ, type StreamHost, TcpStream } from "./tcp_stream.ts";
 
 /** The part of a WebSocket a session uses (the seam tests and adapters can fill). */
-export type FrameSocket = Pick<WebSocket, "send" | "close" | "bufferedAmount" | "readyState">;
+export interface FrameSocket {
+  readonly bufferedAmount: number;
+  readonly readyState: number;
+  send(data: Uint8Array): void;
+  close(code?: number, reason?: string): void;
+  /** Stops and restarts reading from the client (the transport's TCP backpressure). */
+  pause(): void;
+  resume(): void;
+  /** Resolves once the send buffer is at or below `low` bytes, or the socket has closed. */
+  drained(low: number): Promise<void>;
+}
 
 /** WebSocket close code for a protocol violation (RFC 6455, 7.4.1). */
 export const CLOSE_PROTOCOL_ERROR = 1002;
@@ -42,24 +52,14 @@ export const CLOSE_POLICY_VIOLATION = 1008;
 export const MAX_UNREAD_ERRORS = 4096;
 /** WebSocket close code for an unexpected condition in the relay (RFC 6455, 7.4.1). */
 export const CLOSE_INTERNAL_ERROR = 1011;
+/** `readyState` of an open WebSocket. */
+const OPEN = 1;
 
 /**
  * Ids of streams that ended recently. A client's DATA or CLOSE for such an id may have crossed our CLOSE on
  * the wire; it is dropped quietly instead of answered with ERROR 5. Bounded: oldest ids fall out first.
  */
 const RECENT_IDS = 4096;
-/**
- * How a waiting reader learns that the WebSocket has drained. Deno has no drain event, and its timers fire
- * 1-4 ms late (nested timers are clamped to 4 ms), while the buffer drains from the high to the low watermark
- * in well under a millisecond towards a fast client. So the session checks on every event-loop turn
- * (`setImmediate`; every other socket's I/O still runs in between) while that pays: for the first
- * DRAIN_PROBE_MS of a wait, and whenever the drain rate seen so far predicts the low watermark within
- * DRAIN_SPIN_MS. Otherwise (a slow client) it checks with a timer every DRAIN_POLL_MS, so a slow client costs
- * a few event-loop turns per wait, not a busy loop.
- */
-const DRAIN_PROBE_MS = 0.5;
-const DRAIN_SPIN_MS = 2;
-const DRAIN_POLL_MS = 1;
 
 /** Everything a session needs, injected by the server. */
 export interface SessionDeps {
@@ -68,6 +68,10 @@ export interface SessionDeps {
   readonly metrics: Metrics;
   readonly dial: Dial;
   readonly clientIp: string;
+  /** Shared with the listener and every session: a target connection takes one socket. */
+  readonly sockets?: SocketBudget;
+  /** Client bytes queued towards targets across all sessions. */
+  readonly queue?: QueueBudget;
   /** Called once when the session ends, before its socket has necessarily finished closing. */
   readonly onClose?: () => void;
 }
@@ -82,6 +86,8 @@ export class Session implements StreamHost {
   readonly connectTimeoutMs: number;
   readonly streamQueueBytes: number;
   readonly sessionQueueBytes: number;
+  readonly sockets: SocketBudget | undefined;
+  /** Client bytes queued towards this session's targets, overhead included. */
   queuedBytes = 0;
 
   readonly #socket: FrameSocket;
@@ -101,12 +107,16 @@ export class Session implements StreamHost {
   readonly #lowWatermark: number;
   readonly #startedAt = performance.now();
   readonly #limitsLogged = new Set<string>();
-  #drainWaiters: (() => void)[] = [];
-  #drainTimer: ReturnType<typeof setTimeout> | undefined;
-  #drainImmediate: ReturnType<typeof setImmediate> | undefined;
-  /** When the current wait began, and the send buffer's size then (to estimate the drain rate). */
-  #drainSince = 0;
-  #drainFrom = 0;
+  /** One wait for the send buffer to drain, shared by every stream that waits. */
+  #drain: { promise: Promise<void>; resolve: () => void } | undefined;
+  /** Bytes that pending target reads may still add to the send buffer. */
+  #readsReserved = 0;
+  /** Streams whose upload queue is over its cap. */
+  readonly #fullStreams = new Set<TcpStream>();
+  #uploadPaused = false;
+  #cancelQueueWait: (() => void) | undefined;
+  #stallTimer: ReturnType<typeof setInterval> | undefined;
+  #stopWatchingQueue: (() => void) | undefined;
   #closed = false;
   #unreadErrors = 0;
   #streamsOpened = 0;
@@ -123,6 +133,11 @@ export class Session implements StreamHost {
     this.connectTimeoutMs = config.connectTimeoutMs;
     this.streamQueueBytes = config.streamQueueBytes;
     this.sessionQueueBytes = config.sessionQueueBytes;
+    this.sockets = deps.sockets;
+    // When the shared upload budget runs over, every session holding queued bytes checks for stalled targets.
+    this.#stopWatchingQueue = deps.queue?.onOver(() => {
+      if (this.queuedBytes > 0) this.#watchStalls();
+    });
     this.#highWatermark = config.wsHighWatermark;
     this.#lowWatermark = config.wsLowWatermark;
     this.#openBucket = config.openRate > 0 ? new TokenBucket(config.openRate, config.openBurst) : undefined;
@@ -222,6 +237,23 @@ export class Session implements StreamHost {
         return;
       }
     }
+  }
+
+  /**
+   * The transport found a rule broken at the WebSocket level and is about to close with `code`. A message over
+   * the size limit is also answered in the seed framing's own terms: ERROR 5 on id 0, before the 1009.
+   */
+  peerViolation(code: number, message: string): void {
+    if (code === CLOSE_TOO_BIG) {
+      this.#countLimit("frame_size", SESSION_ID, message);
+      this.sendError(
+        SESSION_ID,
+        ErrorCode.INVALID_FRAME,
+        `Invalid frame: ${message[0]!.toLowerCase()}${message.slice(1)}`,
+      );
+      return;
+    }
+    logger.warn("protocol_violation", { event: "error", sessionId: this.sessionId, code, reason: message });
   }
 
   #unknownId(id: number, kind: string): void {
@@ -401,36 +433,104 @@ export class Session implements StreamHost {
   waitForDrain(): Promise<void> {
     if (this.#closed || this.#socket.bufferedAmount <= this.#lowWatermark) return Promise.resolve();
     this.#metrics.backpressurePauses++;
-    const { promise, resolve } = Promise.withResolvers<void>();
-    this.#drainWaiters.push(resolve);
-    // One check per session serves every waiting stream; it runs only while someone waits.
-    if (this.#drainTimer === undefined && this.#drainImmediate === undefined) {
-      this.#drainSince = performance.now();
-      this.#drainFrom = this.#socket.bufferedAmount;
-      this.#drainImmediate = setImmediate(this.#checkDrain);
+    if (this.#drain === undefined) {
+      const drain = Promise.withResolvers<void>();
+      this.#drain = drain;
+      void this.#socket.drained(this.#lowWatermark).then(() => {
+        if (this.#drain === drain) this.#drain = undefined;
+        drain.resolve();
+      });
     }
-    return promise;
+    return this.#drain.promise;
   }
 
-  #checkDrain = (): void => {
-    this.#drainTimer = undefined;
-    this.#drainImmediate = undefined;
-    const buffered = this.#closed ? 0 : this.#socket.bufferedAmount;
-    if (buffered <= this.#lowWatermark) {
-      const waiters = this.#drainWaiters;
-      this.#drainWaiters = [];
-      for (const resolve of waiters) resolve();
+  /**
+   * How many bytes a stream may read from its target now: what is left of the high watermark after the send
+   * buffer and the other pending reads, at least {@linkcode MIN_READ}, at most `want`. Give it back with
+   * {@linkcode releaseRead} when the read returns.
+   */
+  reserveRead(want: number): number {
+    const room = this.#highWatermark - this.#socket.bufferedAmount - this.#readsReserved;
+    const size = Math.max(MIN_READ, Math.min(want, room));
+    this.#readsReserved += size;
+    return size;
+  }
+
+  releaseRead(size: number): void {
+    this.#readsReserved -= size;
+  }
+
+  // --- Upload budget: pause the client instead of dropping its streams ----------------------------------
+
+  queueAdded(stream: TcpStream, bytes: number, streamFull: boolean): void {
+    this.queuedBytes += bytes;
+    this.#deps.queue?.add(bytes);
+    if (streamFull) this.#fullStreams.add(stream);
+    if (!this.#uploadPaused && this.#overBudget()) this.#pauseUploads();
+  }
+
+  queueRemoved(stream: TcpStream, bytes: number, streamFull: boolean): void {
+    this.queuedBytes -= bytes;
+    this.#deps.queue?.remove(bytes);
+    if (!streamFull) this.#fullStreams.delete(stream);
+    if (this.#uploadPaused && !this.#overBudget()) this.#resumeUploads();
+  }
+
+  #overBudget(): boolean {
+    return this.#fullStreams.size > 0 || this.queuedBytes > this.sessionQueueBytes ||
+      (this.#deps.queue?.over ?? false);
+  }
+
+  /**
+   * Stops reading the client's WebSocket: TCP backpressure slows the client as a direct connection would.
+   * A stream whose target accepts nothing for `uploadStallMs` meanwhile gets ERROR 8, which frees its queue.
+   */
+  #pauseUploads(): void {
+    this.#uploadPaused = true;
+    this.#metrics.uploadPauses++;
+    this.#socket.pause();
+    const queue = this.#deps.queue;
+    if (queue?.over) {
+      this.#cancelQueueWait = queue.whenUnder(() => {
+        this.#cancelQueueWait = undefined;
+        if (this.#uploadPaused && !this.#overBudget()) this.#resumeUploads();
+      });
+    }
+    this.#watchStalls();
+  }
+
+  /** Looks for stalled uploads while this session is paused or the shared budget is over. */
+  #watchStalls(): void {
+    if (this.#stallTimer !== undefined || this.#closed) return;
+    const stallMs = this.#deps.config.uploadStallMs;
+    this.#stallTimer = setInterval(this.#findStalls, Math.max(10, Math.min(1000, stallMs / 4)));
+  }
+
+  #resumeUploads(): void {
+    this.#uploadPaused = false;
+    this.#cancelQueueWait?.();
+    this.#cancelQueueWait = undefined;
+    if (!this.#closed) this.#socket.resume();
+  }
+
+  #findStalls = (): void => {
+    if (this.#closed || (!this.#uploadPaused && !(this.#deps.queue?.over ?? false))) {
+      clearInterval(this.#stallTimer);
+      this.#stallTimer = undefined;
       return;
     }
-    const elapsed = performance.now() - this.#drainSince;
-    const drained = this.#drainFrom - buffered;
-    // Time until the low watermark at the rate seen so far; unknown (infinite) while nothing has drained.
-    const left = drained > 0 ? ((buffered - this.#lowWatermark) * elapsed) / drained : Infinity;
-    if (elapsed < DRAIN_PROBE_MS || left <= DRAIN_SPIN_MS) {
-      this.#drainImmediate = setImmediate(this.#checkDrain);
-    } else {
-      this.#drainTimer = setTimeout(this.#checkDrain, DRAIN_POLL_MS);
+    const now = performance.now();
+    const stallMs = this.#deps.config.uploadStallMs;
+    for (const stream of [...this.#streams.values()]) {
+      if (stream.stalledFor(now) >= stallMs) {
+        const message = `Target ${stream.destination} is not reading fast enough: it accepted no data for ` +
+          `${stallMs} ms while the upload queues were full`;
+        this.limitHit("backpressure", stream.id, message);
+        stream.finish("backpressure", { code: ErrorCode.BACKPRESSURE, message });
+      }
     }
+    // Over the shared budget with nothing of ours stalled: wait for other sessions to free some.
+    if (this.#uploadPaused && !this.#overBudget()) this.#resumeUploads();
   };
 
   reserveUplink(n: number): number {
@@ -442,7 +542,7 @@ export class Session implements StreamHost {
   }
 
   sendFrame(frame: Uint8Array): void {
-    if (this.#closed || this.#socket.readyState !== WebSocket.OPEN) return;
+    if (this.#closed || this.#socket.readyState !== OPEN) return;
     this.#socket.send(frame);
     this.#metrics.framesToClient++;
     this.#metrics.bytesToClient += frame.byteLength;
@@ -516,7 +616,7 @@ export class Session implements StreamHost {
    */
   close(code?: number, reason?: string): void {
     if (this.#closed) return;
-    if (code !== undefined && this.#socket.readyState === WebSocket.OPEN) {
+    if (code !== undefined && this.#socket.readyState === OPEN) {
       try {
         this.#socket.close(code, reason);
       } catch {
@@ -526,13 +626,14 @@ export class Session implements StreamHost {
     this.#closed = true;
     for (const stream of [...this.#streams.values()]) stream.finish("session_closed");
     for (const stream of [...this.#lingering]) stream.abortLinger();
-    if (this.#drainTimer !== undefined) clearTimeout(this.#drainTimer);
-    if (this.#drainImmediate !== undefined) clearImmediate(this.#drainImmediate);
-    this.#drainTimer = undefined;
-    this.#drainImmediate = undefined;
+    this.#drain?.resolve();
+    this.#drain = undefined;
     if (this.#sweepTimer !== undefined) clearInterval(this.#sweepTimer);
     this.#sweepTimer = undefined;
-    this.#checkDrain();
+    if (this.#uploadPaused) this.#resumeUploads();
+    if (this.#stallTimer !== undefined) clearInterval(this.#stallTimer);
+    this.#stallTimer = undefined;
+    this.#stopWatchingQueue?.();
     this.#metrics.sessionsActive--;
     logger.info("session_close", {
       event: "session_close",

@@ -12,7 +12,14 @@ import {
   HEADER_SIZE,
   writeHeader,
 } from "./protocol/mod.ts";
+import type { SocketBudget } from "./budget.ts";
 
+/**
+ * The smallest read a stream may make when the session's download budget (the high watermark, less what is
+ * buffered and what other streams' pending reads may bring) is spent. It bounds the overshoot: with every
+ * stream reading at once, at most this much per stream lands above the watermark.
+ */
+export const MIN_READ = 1024;
 /** Most bytes read from a target per DATA frame. */
 export const READ_SIZE = 64 * 1024;
 /**
@@ -22,10 +29,17 @@ export const READ_SIZE = 64 * 1024;
  */
 export const INITIAL_READ_SIZE = 1 * 1024;
 /**
- * Bookkeeping charged per queued DATA chunk on top of its length, so that a flood of tiny frames cannot hold
- * more memory than the queue cap suggests.
+ * Bookkeeping charged per queued chunk on top of its bytes (the view and its buffer's header), so that the
+ * queue caps count what a queued chunk really costs.
  */
-export const CHUNK_OVERHEAD = 64;
+export const CHUNK_OVERHEAD = 256;
+/**
+ * Client chunks up to this size are copied into a shared tail buffer of {@linkcode TAIL_BYTES} instead of
+ * being kept one by one: a flood of 1-byte DATA frames then holds about its own size, not a buffer per byte.
+ * The tail is charged its whole capacity.
+ */
+export const SMALL_CHUNK = 1024;
+export const TAIL_BYTES = 8 * 1024;
 /** At most this many queued bytes, and chunks, are joined into one write to the target. */
 const COALESCE_BYTES = 256 * 1024;
 const COALESCE_CHUNKS = 64;
@@ -82,12 +96,18 @@ export interface StreamHost {
   readonly dial: Dial;
   readonly connectTimeoutMs: number;
   readonly streamQueueBytes: number;
-  readonly sessionQueueBytes: number;
-  /** Bytes queued towards targets across the session. */
-  queuedBytes: number;
+  /** Takes a socket for a target connection; undefined: no budget. */
+  readonly sockets: SocketBudget | undefined;
+  /** The stream queued `bytes` more (charged); `full`: its queue is now over the stream cap. */
+  queueAdded(stream: TcpStream, bytes: number, full: boolean): void;
+  /** The stream wrote or dropped `bytes` (as charged); `full`: its queue is still over the stream cap. */
+  queueRemoved(stream: TcpStream, bytes: number, full: boolean): void;
   /** True while the WebSocket send buffer is above the high watermark. */
   readonly congested: boolean;
   waitForDrain(): Promise<void>;
+  /** Bytes the stream may read from its target now (at most `want`); give them back with `releaseRead`. */
+  reserveRead(want: number): number;
+  releaseRead(size: number): void;
   /** Milliseconds to wait before `n` more client bytes may go to a target (shaping). */
   reserveUplink(n: number): number;
   /** Milliseconds to wait after `n` target bytes before the next read (shaping). */
@@ -134,10 +154,17 @@ export class TcpStream {
   #conn: Deno.TcpConn | undefined;
   #task: Promise<void> | undefined;
 
-  // Client -> target queue: chunks from #head on are pending; #queued counts their bytes plus overhead.
+  // Client -> target queue: chunks from #head on are pending, each with what it was charged; #queued is their sum.
   #chunks: Uint8Array[] = [];
+  #charges: number[] = [];
   #head = 0;
   #queued = 0;
+  /** The buffer small chunks are copied into, while it is the last chunk and no write has taken it. */
+  #tail: Uint8Array | undefined;
+  #tailUsed = 0;
+  /** When the writer last got bytes to the target (or the queue last became non-empty). */
+  #progressAt = 0;
+  #socketHeld = false;
   #wakeWriter: (() => void) | undefined;
   #writerSleep: Sleeper | undefined;
   #readerSleep: Sleeper | undefined;
@@ -193,6 +220,18 @@ export class TcpStream {
       await (this.#readerSleep ??= new Sleeper()).sleep(delayMs);
       if (this.#closed) return;
     }
+    const sockets = this.#host.sockets;
+    if (sockets !== undefined) {
+      if (!sockets.tryAcquire()) {
+        this.finish("rate_limited", {
+          code: ErrorCode.RATE_LIMITED,
+          message:
+            `Cannot connect to ${this.destination}: the relay is at its socket limit (${sockets.limit})`,
+        });
+        return;
+      }
+      this.#socketHeld = true;
+    }
     let conn: Deno.TcpConn;
     // One controller and one timer that is cleared once connected: AbortSignal.timeout() would keep its timer
     // and AbortSignal.any() its signals alive for the whole timeout, per stream.
@@ -208,6 +247,7 @@ export class TcpStream {
         signal: this.#dialAbort.signal,
       });
     } catch (err: unknown) {
+      this.#releaseSocket();
       if (this.#closed) return;
       const { code, reason } = connectErrorCode(err);
       const detail = timedOut ? `timed out after ${this.#host.connectTimeoutMs} ms` : describe(err);
@@ -218,6 +258,7 @@ export class TcpStream {
     }
     if (this.#closed) {
       conn.close();
+      this.#releaseSocket();
       return;
     }
     this.#conn = conn;
@@ -238,29 +279,48 @@ export class TcpStream {
     await Promise.all([this.#readLoop(conn), this.#writeLoop(conn)]);
   }
 
-  /** Target -> client: one DATA frame per read, pausing while the WebSocket is congested. */
+  /**
+   * Target -> client: one DATA frame per read, pausing while the WebSocket is congested. Each read is sized by
+   * the session's download budget, so that many streams reading at once cannot pile far above the watermark.
+   */
   async #readLoop(conn: Deno.TcpConn): Promise<void> {
     // The header is the same for every DATA frame of this stream: write it once, read payloads after it.
     let frame = new Uint8Array(HEADER_SIZE + INITIAL_READ_SIZE);
     writeHeader(frame, FrameType.DATA, this.id);
-    let payload = frame.subarray(HEADER_SIZE);
+    /** How much the next read asks for: grows fourfold while reads fill their buffer. */
+    let want = INITIAL_READ_SIZE;
     try {
       for (;;) {
         if (this.#closed) {
           if (!this.#lingering) return;
           // The client closed: discard what the target still sends until its EOF (or the linger bound), so that
           // our close is a FIN after the client's last byte, not a reset that throws the upload away.
-          if ((await conn.read(payload)) === null) {
+          if (frame.byteLength < HEADER_SIZE + MIN_READ) frame = new Uint8Array(HEADER_SIZE + MIN_READ);
+          if ((await conn.read(frame.subarray(HEADER_SIZE))) === null) {
             this.#closeConn();
             return;
           }
           continue;
         }
         if (this.#host.congested) {
+          // A buffer kept across the wait would pin up to 64 KiB per stream for as long as the client stalls.
+          if (frame.byteLength > HEADER_SIZE + MIN_READ) frame = new Uint8Array(HEADER_SIZE);
           await this.#host.waitForDrain();
           continue;
         }
-        const n = await conn.read(payload);
+        const size = this.#host.reserveRead(want);
+        const capacity = frame.byteLength - HEADER_SIZE;
+        // Keep the buffer unless it is too small, or so large that an idle read would pin memory for nothing.
+        if (capacity < size || capacity > 4 * size) {
+          frame = new Uint8Array(HEADER_SIZE + size);
+        }
+        if (frame[0] !== FrameType.DATA) writeHeader(frame, FrameType.DATA, this.id);
+        let n: number | null;
+        try {
+          n = await conn.read(frame.subarray(HEADER_SIZE, HEADER_SIZE + size));
+        } finally {
+          this.#host.releaseRead(size);
+        }
         if (this.#closed) continue;
         if (n === null) {
           this.finish("target_close");
@@ -269,13 +329,9 @@ export class TcpStream {
         this.bytesFromTarget += n;
         this.#activity++;
         this.#host.countFromTarget(n);
-        // WebSocket.send copies the bytes, so the buffer is free for the next read at once.
+        // The transport copies the bytes, so the buffer is free for the next read at once.
         this.#host.sendFrame(frame.subarray(0, HEADER_SIZE + n));
-        if (n === payload.byteLength && n < READ_SIZE) {
-          frame = new Uint8Array(HEADER_SIZE + Math.min(READ_SIZE, n * 4));
-          writeHeader(frame, FrameType.DATA, this.id);
-          payload = frame.subarray(HEADER_SIZE);
-        }
+        if (n === size && want < READ_SIZE) want = Math.min(READ_SIZE, want * 4);
         const wait = this.#host.reserveDownlink(n);
         if (wait > 0) await (this.#readerSleep ??= new Sleeper()).sleep(wait);
       }
@@ -317,6 +373,8 @@ export class TcpStream {
           bytes += next.byteLength;
           count++;
         }
+        // The tail buffer must take no more bytes once this write has counted it.
+        if (this.#head + count === this.#chunks.length) this.#tail = undefined;
         const wait = this.#host.reserveUplink(bytes);
         if (wait > 0) {
           this.#throttled = true;
@@ -338,17 +396,23 @@ export class TcpStream {
         }
         // finish() may have run during the write and already released the whole queue: count nothing twice.
         if (this.#closed) return;
-        for (let i = 0; i < count; i++) this.#chunks[this.#head++] = undefined as unknown as Uint8Array;
+        let charged = 0;
+        for (let i = 0; i < count; i++) {
+          charged += this.#charges[this.#head]!;
+          this.#chunks[this.#head++] = undefined as unknown as Uint8Array;
+        }
         if (this.#head === this.#chunks.length) {
           this.#chunks = [];
+          this.#charges = [];
           this.#head = 0;
         } else if (this.#head > 1024 && this.#head * 2 > this.#chunks.length) {
           this.#chunks = this.#chunks.slice(this.#head);
+          this.#charges = this.#charges.slice(this.#head);
           this.#head = 0;
         }
-        const charged = bytes + count * CHUNK_OVERHEAD;
         this.#queued -= charged;
-        this.#host.queuedBytes -= charged;
+        this.#progressAt = performance.now();
+        this.#host.queueRemoved(this, charged, this.#queued > this.#host.streamQueueBytes);
         this.bytesToTarget += bytes;
         this.#activity++;
         this.#host.countToTarget(bytes);
@@ -363,35 +427,52 @@ export class TcpStream {
   }
 
   /**
-   * Queues client bytes for the target. Past the stream's or the session's cap, the stream gets ERROR 8
-   * (or ERROR 4 when it is the rate limit, not the target, that holds the queue back) and finishes.
-   * @param data a view of the received message; kept, not copied
+   * Queues client bytes for the target. Over the stream's cap the session pauses reading the client (and
+   * ends the stream with ERROR 8 if its target stays stalled); nothing accepted is dropped.
+   * @param data a view of the received message; kept (or, when small, copied into the tail buffer)
    */
   enqueue(data: Uint8Array): void {
-    if (this.#closed || this.#clientClosed || data.byteLength === 0) return;
-    const charged = data.byteLength + CHUNK_OVERHEAD;
-    if (
-      this.#queued + charged > this.#host.streamQueueBytes ||
-      this.#host.queuedBytes + charged > this.#host.sessionQueueBytes
-    ) {
-      const which = this.#queued + charged > this.#host.streamQueueBytes ? "stream" : "session";
-      if (this.#throttled) {
-        const message =
-          `Client data for ${this.destination} exceeds the session's byte rate and the ${which} queue is full`;
-        this.#host.limitHit("client_bytes", this.id, message);
-        this.finish("rate_limited", { code: ErrorCode.RATE_LIMITED, message });
-      } else {
-        const message = `Target ${this.destination} is not reading fast enough: the ${which} queue is full`;
-        this.#host.limitHit("backpressure", this.id, message);
-        this.finish("backpressure", { code: ErrorCode.BACKPRESSURE, message });
-      }
-      return;
+    if (this.#closed || this.#clientClosed) return;
+    const length = data.byteLength;
+    if (length === 0) return;
+    if (this.#head === this.#chunks.length) this.#progressAt = performance.now();
+    let charged: number;
+    const tail = this.#tail;
+    if (length <= SMALL_CHUNK && tail !== undefined && this.#tailUsed + length <= tail.byteLength) {
+      // Append to the tail chunk, already charged its capacity.
+      tail.set(data, this.#tailUsed);
+      const last = this.#chunks.length - 1;
+      const start = this.#chunks[last]!.byteOffset;
+      this.#tailUsed += length;
+      this.#chunks[last] = tail.subarray(start, this.#tailUsed);
+      charged = 0;
+    } else if (length <= SMALL_CHUNK) {
+      const fresh = new Uint8Array(TAIL_BYTES);
+      fresh.set(data);
+      this.#tail = fresh;
+      this.#tailUsed = length;
+      this.#chunks.push(fresh.subarray(0, length));
+      charged = TAIL_BYTES + CHUNK_OVERHEAD;
+      this.#charges.push(charged);
+    } else {
+      this.#tail = undefined;
+      this.#chunks.push(data);
+      charged = length + CHUNK_OVERHEAD;
+      this.#charges.push(charged);
     }
-    this.#chunks.push(data);
     this.#activity++;
     this.#queued += charged;
-    this.#host.queuedBytes += charged;
+    if (charged > 0) this.#host.queueAdded(this, charged, this.#queued > this.#host.streamQueueBytes);
     if (!this.#throttled) this.#wake();
+  }
+
+  /**
+   * How long the queue has waited for the target to accept bytes, as of `now`; 0 when nothing is queued or
+   * the relay's own upload shaping is what holds it back.
+   */
+  stalledFor(now: number): number {
+    if (this.#closed || this.#head === this.#chunks.length || this.#throttled) return 0;
+    return now - this.#progressAt;
   }
 
   /** The client sent CLOSE: flush what is queued, close the socket, answer CLOSE. */
@@ -430,6 +511,13 @@ export class TcpStream {
     } catch {
       // Already closed by the peer or the runtime.
     }
+    this.#releaseSocket();
+  }
+
+  #releaseSocket(): void {
+    if (!this.#socketHeld) return;
+    this.#socketHeld = false;
+    this.#host.sockets?.release();
   }
 
   /** Ends a linger at once (the session is closing). */
@@ -460,10 +548,13 @@ export class TcpStream {
     else this.#closeConn();
     this.#writerSleep?.cancel();
     this.#readerSleep?.cancel();
-    this.#host.queuedBytes -= this.#queued;
+    const dropped = this.#queued;
     this.#queued = 0;
     this.#chunks = [];
+    this.#charges = [];
     this.#head = 0;
+    this.#tail = undefined;
+    this.#host.queueRemoved(this, dropped, false);
     this.#wake();
     this.#host.streamFinished(this);
     const durationMs = performance.now() - this.#startedAt;

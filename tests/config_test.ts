@@ -1,5 +1,14 @@
 import assert from "node:assert/strict";
-import { ConfigError, defaultConfig, helpText, OPTIONS, parseCommand, parsePortList } from "../src/config.ts";
+import {
+  autoMaxSockets,
+  cidrNetworkIfHostBitsSet,
+  ConfigError,
+  defaultConfig,
+  helpText,
+  OPTIONS,
+  parseCommand,
+  parsePortList,
+} from "../src/config.ts";
 
 function config(env: Record<string, string>, args: string[] = []) {
   const command = parseCommand(env, args);
@@ -47,7 +56,7 @@ Deno.test({ name: "parseCommand() reads the environment and lets flags win", per
   assert.equal(c.allowPrivateIps, true);
   assert.equal(config({ AERO_PROXY_ALLOW_PRIVATE_IPS: "false" }).allowPrivateIps, false);
   assert.deepEqual(config({ AERO_PROXY_DENY_PORTS: "25, 465-467" }).denyPorts, [25, 465, 466, 467]);
-  assert.deepEqual(config({ AERO_PROXY_DENY_PORTS: "" }).denyPorts, []);
+  assert.deepEqual(config({ AERO_PROXY_DENY_PORTS: "none" }).denyPorts, []);
 });
 
 Deno.test({
@@ -200,4 +209,151 @@ Deno.test({ name: "origins must be exact origins or *", permissions: "none" }, (
     /AERO_PROXY_ALLOWED_ORIGINS must be/,
   );
   assert.match(problem({ AERO_PROXY_ALLOWED_ORIGINS: "a.example" }), /AERO_PROXY_ALLOWED_ORIGINS must be/);
+});
+
+Deno.test(
+  { name: "CIDRs with host bits set are refused with the network address", permissions: "none" },
+  async (t) => {
+    const cases: [Record<string, string>, string[], RegExp][] = [
+      [
+        { AERO_PROXY_ALLOW_CIDRS: "10.0.0.1/8" },
+        [],
+        /^AERO_PROXY_ALLOW_CIDRS must list network addresses, but "10\.0\.0\.1\/8" has host bits set: did you mean 10\.0\.0\.0\/8\? \(or 10\.0\.0\.1\/32 for that one address\)$/,
+      ],
+      [
+        { AERO_PROXY_ALLOW_CIDRS: "127.0.0.1/0" },
+        [],
+        /AERO_PROXY_ALLOW_CIDRS .*did you mean 0\.0\.0\.0\/0\?/,
+      ],
+      [
+        { AERO_PROXY_DENY_CIDRS: "192.0.2.0/24, 172.16.5.4/12" },
+        [],
+        /DENY_CIDRS .*did you mean 172\.16\.0\.0\/12\?/,
+      ],
+      [{}, ["--allow-cidrs=192.168.1.1/16"], /^--allow-cidrs must list .*did you mean 192\.168\.0\.0\/16\?/],
+    ];
+    for (const [env, args, pattern] of cases) {
+      await t.step(JSON.stringify([env, args]), () => {
+        const message = problem(env, args);
+        assert.match(message, pattern);
+        assert.ok(!message.includes("\n"), "one line");
+      });
+    }
+    await t.step("network addresses and single addresses are accepted", () => {
+      const c = config({
+        AERO_PROXY_ALLOW_CIDRS: "10.0.0.0/8, 127.0.0.1, 127.0.0.1/32, 0.0.0.0/0",
+        AERO_PROXY_DENY_CIDRS: "10.1.2.3/32,10.1.2.2/31",
+      });
+      assert.deepEqual(c.allowCidrs, ["10.0.0.0/8", "127.0.0.1", "127.0.0.1/32", "0.0.0.0/0"]);
+      assert.deepEqual(c.denyCidrs, ["10.1.2.3/32", "10.1.2.2/31"]);
+    });
+    await t.step("cidrNetworkIfHostBitsSet()", () => {
+      assert.equal(cidrNetworkIfHostBitsSet("10.0.0.1/8"), "10.0.0.0/8");
+      assert.equal(cidrNetworkIfHostBitsSet("255.255.255.255/1"), "128.0.0.0/1");
+      assert.equal(cidrNetworkIfHostBitsSet("10.1.2.3/31"), "10.1.2.2/31");
+      assert.equal(cidrNetworkIfHostBitsSet("10.0.0.0/8"), undefined);
+      assert.equal(cidrNetworkIfHostBitsSet("10.0.0.1"), undefined);
+      assert.equal(cidrNetworkIfHostBitsSet("10.0.0.1/33"), undefined);
+    });
+  },
+);
+
+Deno.test({
+  name: "lists: none is the explicit empty list; blank cannot drop a safety default",
+  permissions: "none",
+}, async (t) => {
+  await t.step("none, in any case, empties every CIDR and port list", () => {
+    for (const text of ["none", "NONE", " None "]) {
+      const c = config({
+        AERO_PROXY_ALLOW_CIDRS: text,
+        AERO_PROXY_DENY_CIDRS: text,
+        AERO_PROXY_ALLOW_PORTS: text,
+        AERO_PROXY_DENY_PORTS: text,
+      });
+      assert.deepEqual([c.allowCidrs, c.denyCidrs, c.allowPorts, c.denyPorts], [[], [], [], []], text);
+    }
+    assert.deepEqual(config({}, ["--deny-ports=none"]).denyPorts, []);
+  });
+  await t.step("a blank DENY_PORTS (or only commas) is refused, naming the way to say it", () => {
+    for (const text of ["", "  ", " , "]) {
+      assert.match(
+        problem({ AERO_PROXY_DENY_PORTS: text }),
+        /^AERO_PROXY_DENY_PORTS is empty, which would drop its default "25": write AERO_PROXY_DENY_PORTS=none to mean no entries$/,
+      );
+    }
+    assert.match(problem({}, ["--deny-ports="]), /^--deny-ports is empty.*write --deny-ports=none/);
+  });
+  await t.step("blank lists whose default is empty stay empty", () => {
+    const c = config({ AERO_PROXY_ALLOW_CIDRS: "", AERO_PROXY_DENY_CIDRS: " ", AERO_PROXY_ALLOW_PORTS: "" });
+    assert.deepEqual([c.allowCidrs, c.denyCidrs, c.allowPorts], [[], [], []]);
+  });
+  await t.step("none mixed with entries is refused", () => {
+    assert.match(
+      problem({ AERO_PROXY_DENY_PORTS: "none,25" }),
+      /DENY_PORTS must be comma-separated ports.*or none/,
+    );
+    assert.match(
+      problem({ AERO_PROXY_DENY_CIDRS: "none, 10.0.0.0/8" }),
+      /DENY_CIDRS must be comma-separated IPv4/,
+    );
+  });
+});
+
+Deno.test({ name: "connection, header, message and queue limits", permissions: "none" }, async (t) => {
+  await t.step("defaults", () => {
+    const c = defaultConfig();
+    assert.equal(c.maxSockets, undefined);
+    assert.equal(c.maxPendingConnections, 1024);
+    assert.equal(c.maxPendingPerIp, 64);
+    assert.equal(c.headerTimeoutMs, 10_000);
+    assert.equal(c.maxHeaderBytes, 16_384);
+    assert.equal(c.messageTimeoutMs, 30_000);
+    assert.equal(c.totalQueueBytes, 256 * 1024 * 1024);
+    assert.equal(c.uploadStallMs, 1_000);
+  });
+  await t.step("environment and flags", () => {
+    const c = config(
+      {
+        AERO_PROXY_MAX_SOCKETS: "5000",
+        AERO_PROXY_MAX_PENDING: "10",
+        AERO_PROXY_MAX_PENDING_PER_IP: "100",
+        AERO_PROXY_HEADER_TIMEOUT_MS: "1",
+        AERO_PROXY_MAX_HEADER_BYTES: "1048576",
+        AERO_PROXY_MESSAGE_TIMEOUT_MS: "2147483647",
+        AERO_PROXY_TOTAL_QUEUE_BYTES: "1",
+      },
+      ["--max-sockets=6000", "--upload-stall-ms=250"],
+    );
+    assert.equal(c.maxSockets, 6000);
+    assert.equal(c.maxPendingConnections, 10);
+    assert.equal(c.maxPendingPerIp, 100, "per-IP may exceed the total: it is not cross-checked");
+    assert.equal(c.headerTimeoutMs, 1);
+    assert.equal(c.maxHeaderBytes, 1_048_576);
+    assert.equal(c.messageTimeoutMs, 2_147_483_647);
+    assert.equal(c.totalQueueBytes, 1);
+    assert.equal(c.uploadStallMs, 250);
+    assert.equal(config({ AERO_PROXY_MAX_SOCKETS: "AUTO" }).maxSockets, undefined);
+    assert.equal(config({}, ["--max-sockets=auto"]).maxSockets, undefined);
+  });
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ AERO_PROXY_MAX_SOCKETS: "0" }, /^AERO_PROXY_MAX_SOCKETS must be auto or a positive integer, got "0"$/],
+    [{ AERO_PROXY_MAX_SOCKETS: "" }, /MAX_SOCKETS must be auto or a positive integer/],
+    [{ AERO_PROXY_MAX_SOCKETS: "lots" }, /MAX_SOCKETS must be auto or a positive integer/],
+    [{ AERO_PROXY_MAX_PENDING: "0" }, /AERO_PROXY_MAX_PENDING must be a positive integer/],
+    [{ AERO_PROXY_MAX_PENDING_PER_IP: "-1" }, /AERO_PROXY_MAX_PENDING_PER_IP must be a positive integer/],
+    [{ AERO_PROXY_HEADER_TIMEOUT_MS: "0" }, /HEADER_TIMEOUT_MS must be a positive integer up to 2147483647/],
+    [{ AERO_PROXY_HEADER_TIMEOUT_MS: "2147483648" }, /HEADER_TIMEOUT_MS must be a positive integer up to/],
+    [{ AERO_PROXY_MAX_HEADER_BYTES: "1048577" }, /MAX_HEADER_BYTES must be a positive integer up to 1048576/],
+    [{ AERO_PROXY_MESSAGE_TIMEOUT_MS: "2147483648" }, /MESSAGE_TIMEOUT_MS must be a positive integer up to/],
+    [{ AERO_PROXY_TOTAL_QUEUE_BYTES: "0" }, /TOTAL_QUEUE_BYTES must be a positive integer/],
+    [{ AERO_PROXY_UPLOAD_STALL_MS: "2147483648" }, /UPLOAD_STALL_MS must be a positive integer up to/],
+  ];
+  for (const [env, pattern] of cases) {
+    await t.step(JSON.stringify(env), () => assert.match(problem(env), pattern));
+  }
+  await t.step("autoMaxSockets() keeps 10 % and 64 descriptors spare", () => {
+    assert.equal(autoMaxSockets(1024), 857);
+    assert.equal(autoMaxSockets(65_536), 58_918);
+    assert.equal(autoMaxSockets(64), 1);
+  });
 });

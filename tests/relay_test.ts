@@ -348,14 +348,25 @@ Deno.test("per-session limits: stream count and OPEN rate give ERROR 4, the sess
     expectError(await client.next(4), ErrorCode.RATE_LIMITED, /Too many OPENs/);
     assert.equal(relay.relay.metrics.rateLimited.get("open_rate"), 1);
   });
-  await t.step("client bytes per second: shaped, and ERROR 4 once the shaped queue overflows", async () => {
+  await t.step("client bytes per second: shaped by pausing the client, and every byte arrives", async () => {
     await using sink = startSinkServer();
-    await using relay = startRelay({ clientBytesPerSec: 64 * 1024, streamQueueBytes: 256 * 1024 });
+    const rate = 64 * 1024;
+    await using relay = startRelay({ clientBytesPerSec: rate, streamQueueBytes: 32 * 1024 });
     await using client = await MuxClient.connect(muxUrl(relay.port));
     await client.open(1, sink.port);
-    const chunk = new Uint8Array(16 * 1024);
-    for (let i = 0; i < 40; i++) client.sendData(1, chunk);
-    expectError(await client.next(1), ErrorCode.RATE_LIMITED, /byte rate/);
+    const chunk = new Uint8Array(16 * 1024).map((_, i) => i % 251);
+    const chunks = 12; // 192 KiB: the first 64 KiB is the burst, the rest takes about 2 s at the rate
+    const started = performance.now();
+    for (let i = 0; i < chunks; i++) client.sendData(1, chunk);
+    client.send(encodeClose(1));
+    const received = await withTimeout(sink.received, 10_000, "the sink to receive the upload");
+    const elapsed = performance.now() - started;
+    assert.equal(received.byteLength, chunks * chunk.byteLength);
+    for (let i = 0; i < chunks; i++) {
+      assert.deepEqual(received.subarray(i * chunk.byteLength, (i + 1) * chunk.byteLength), chunk);
+    }
+    assert.ok(elapsed >= 1500, `shaped upload took ${elapsed.toFixed(0)} ms, expected about 2 s`);
+    assert.ok(relay.relay.metrics.uploadPauses >= 1, "the session paused reading at least once");
     assert.equal((await client.next(1)).type, FrameType.CLOSE);
   });
 });
