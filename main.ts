@@ -10,7 +10,8 @@ import { type Config, ConfigError, ENV_NAMES, helpText, parseCommand } from "./s
 import { configureLogging } from "./src/logging.ts";
 import { Metrics } from "./src/metrics.ts";
 import { MUX_PATH } from "./src/protocol/mod.ts";
-import { type RunningRelay, serveRelay } from "./src/server.ts";
+import { type RunningRelay, serveRelay, socketLimitFor } from "./src/server.ts";
+import { openFileLimit, socketBudget } from "./src/budget.ts";
 
 /** Exit code for bad usage or configuration. */
 const EXIT_USAGE = 2;
@@ -121,9 +122,15 @@ async function main(): Promise<void> {
   }
   warnAboutSandbox(config, logger);
 
+  const fileLimit = await openFileLimit();
+  const sockets = socketBudget(socketLimitFor(config, fileLimit));
   let running: RunningRelay;
   try {
-    running = serveRelay(config, { metrics: new Metrics({ version: denoJson.version }) }, tls ? { tls } : {});
+    running = serveRelay(
+      config,
+      { metrics: new Metrics({ version: denoJson.version }), sockets },
+      tls ? { tls } : {},
+    );
   } catch (err: unknown) {
     fail(`cannot listen on ${config.host}:${config.port}: ${errorText(err)}`);
   }
@@ -145,6 +152,8 @@ async function main(): Promise<void> {
     url: base,
     tls: tls !== undefined,
     metricsPort: running.metricsPort ?? null,
+    socketLimit: sockets.limit,
+    openFileLimit: fileLimit ?? null,
     version: denoJson.version,
   });
 

@@ -4,7 +4,7 @@
  */
 import { getLogger } from "@logtape/logtape";
 import { offeredSubprotocols, tokenFromRequest, TokenSet } from "./auth.ts";
-import { probeOpenFiles, QueueBudget, type SocketBudget, socketBudget } from "./budget.ts";
+import { QueueBudget, type SocketBudget, socketBudget } from "./budget.ts";
 import { autoMaxSockets, type Config } from "./config.ts";
 import { demoResponse, isDemoPath } from "./demo/mod.ts";
 import { forwardedClientIp } from "./forwarded.ts";
@@ -22,22 +22,24 @@ const logger = getLogger(["aero-net-proxy", "server"]);
  * the connection is dropped; also how long a shutdown waits for the close frames to reach clients.
  */
 const CLOSE_HANDSHAKE_MS = 2000;
-/** Socket budget when the descriptors left cannot be probed (no read permission on /dev/null). */
+/** Socket budget when the open-file limit is unknown (and in tests that start relays in-process). */
 const FALLBACK_MAX_SOCKETS = 4096;
 
 /** Optional collaborators; production uses the defaults. */
 export interface RelayDeps {
   readonly metrics?: Metrics;
   readonly dial?: Dial;
-  /** The socket budget; default: from `config.maxSockets`, or from the open-file limit when that is auto. */
+  /** The socket budget; default: `config.maxSockets`, or a fixed fallback when that is auto. */
   readonly sockets?: SocketBudget;
 }
 
-/** The socket budget `config` asks for: its number, or (auto) one derived from the open-file limit. */
-export function socketLimitFor(config: Config): number {
+/**
+ * The socket budget `config` asks for: its number, or (auto) one derived from the process's open-file limit
+ * (see `openFileLimit` in budget.ts), or a fixed fallback where that limit is unknown.
+ */
+export function socketLimitFor(config: Config, openFileLimit: number | undefined): number {
   if (config.maxSockets !== undefined) return config.maxSockets;
-  const available = probeOpenFiles();
-  return available === undefined ? FALLBACK_MAX_SOCKETS : autoMaxSockets(available);
+  return openFileLimit === undefined ? FALLBACK_MAX_SOCKETS : autoMaxSockets(openFileLimit);
 }
 
 function text(status: number, body: string, headers: Record<string, string> = {}): Response {
@@ -117,7 +119,7 @@ export class Relay {
     this.#dial = deps.dial ?? ((options) => Deno.connect({ ...options, transport: "tcp" }));
     this.#allowAnyOrigin = config.allowedOrigins.includes("*");
     this.#origins = new Set(config.allowedOrigins);
-    this.#sockets = deps.sockets ?? socketBudget(socketLimitFor(config));
+    this.#sockets = deps.sockets ?? socketBudget(socketLimitFor(config, undefined));
     this.#queue = new QueueBudget(config.totalQueueBytes);
   }
 

@@ -40,6 +40,7 @@ export const CHUNK_OVERHEAD = 256;
  */
 export const SMALL_CHUNK = 1024;
 export const TAIL_BYTES = 8 * 1024;
+const EMPTY = new Uint8Array(0);
 /** At most this many queued bytes, and chunks, are joined into one write to the target. */
 const COALESCE_BYTES = 256 * 1024;
 const COALESCE_CHUNKS = 64;
@@ -389,6 +390,8 @@ export class TcpStream {
             const part = this.#chunks[this.#head + i]!;
             out.set(part, offset);
             offset += part.byteLength;
+            // The joined copy stands for the parts from now on: they are free while the write is pending.
+            this.#chunks[this.#head + i] = i === 0 ? out : EMPTY;
           }
         }
         for (let offset = 0; offset < out.byteLength;) {

@@ -49,6 +49,23 @@ const FIRST_READ = 2 * 1024;
 /** Small frames queued together are joined into one write of at most this many bytes. */
 const JOIN_BYTES = 64 * 1024;
 
+/**
+ * Frames from {@linkcode POOLED_MIN} to {@linkcode POOLED_BYTES} bytes (a 64 KiB read from a target with the
+ * relay's header) are built in buffers that go back to a process-wide pool once written; the pool keeps at
+ * most {@linkcode POOL_MAX} of them (4 MiB).
+ */
+const POOLED_BYTES = 64 * 1024 + 32;
+const POOLED_MIN = 16 * 1024;
+const POOL_MAX = 64;
+const pool: Uint8Array[] = [];
+
+/** Gives a written frame's buffer back to the pool if it came from there. */
+function recycle(frame: Uint8Array): void {
+  if (frame.buffer.byteLength === POOLED_BYTES && frame.byteOffset === 0 && pool.length < POOL_MAX) {
+    pool.push(new Uint8Array(frame.buffer as ArrayBuffer));
+  }
+}
+
 /** A server-side WebSocket; created by `upgradeWebSocket`, live once the transport attaches its connection. */
 export class WebSocketConnection {
   /** For code written against the browser's `WebSocket`; binary messages are always `ArrayBuffer`s. */
@@ -150,21 +167,16 @@ export class WebSocketConnection {
       return;
     }
     const payload = data instanceof Uint8Array ? data : new Uint8Array(data);
-    this.#sendFrame(encodeFrame(Opcode.BINARY, payload));
-  }
-
-  /**
-   * Sends a binary message whose payload is `payload` preceded by `prefix`, in one copy (the relay's frames are
-   * a small header before bytes read from a target).
-   */
-  sendParts(prefix: Uint8Array, payload: Uint8Array): void {
-    if (this.#state !== ReadyState.OPEN) return;
-    const length = prefix.byteLength + payload.byteLength;
-    const frame = new Uint8Array(headerLength(length) + length);
-    const at = writeHeader(frame, Opcode.BINARY, length);
-    frame.set(prefix, at);
-    frame.set(payload, at + prefix.byteLength);
-    this.#sendFrame(frame);
+    const length = headerLength(payload.byteLength) + payload.byteLength;
+    if (length < POOLED_MIN || length > POOLED_BYTES) {
+      this.#sendFrame(encodeFrame(Opcode.BINARY, payload));
+      return;
+    }
+    // Bulk frames are copied into a recycled buffer: a download would otherwise leave one 64 KiB buffer per
+    // frame for the garbage collector, tens of MiB of resident memory between collections.
+    const buffer = pool.pop() ?? new Uint8Array(POOLED_BYTES);
+    buffer.set(payload, writeHeader(buffer, Opcode.BINARY, payload.byteLength));
+    this.#sendFrame(buffer.subarray(0, length));
   }
 
   /**
@@ -337,6 +349,7 @@ export class WebSocketConnection {
         for (let offset = 0; offset < out.byteLength;) {
           offset += await conn.write(out.subarray(offset));
         }
+        recycle(out);
         this.#buffered -= out.byteLength;
         if (this.#drainWaiters.length > 0) this.#wakeDrained();
       }
@@ -379,6 +392,7 @@ export class WebSocketConnection {
         const part = this.#queue[this.#queueHead + i]!;
         out.set(part, offset);
         offset += part.byteLength;
+        recycle(part);
       }
     }
     this.#queueHead += count;

@@ -38,7 +38,9 @@ Deno.test("many sessions: 2,000 idle sessions and 10,000 idle streams; RSS per s
   await using targets = new AsyncDisposableStack();
   const ports = Array.from({ length: TARGETS }, () => targets.use(startStalledServer()).port);
   // 2,000 sessions from one address: above the default of 256 per IP.
-  await using relay = await spawnRelay(relayEnv({ AERO_PROXY_MAX_SESSIONS_PER_IP: "4096" }));
+  await using relay = await spawnRelay(
+    relayEnv({ AERO_PROXY_MAX_SESSIONS_PER_IP: "4096", AERO_PROXY_MAX_PENDING_PER_IP: "1024" }),
+  );
   using _logs = discardLogs(relay);
   const url = muxUrl(relay.port);
   const idle = await settledRss(relay.pid);
