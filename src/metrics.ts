@@ -22,6 +22,8 @@ export interface LiveFigures {
   socketLimit(): number;
   /** Client bytes queued towards targets across all sessions. */
   queuedBytes(): number;
+  /** Bytes of WebSocket messages still arriving, across all sessions. */
+  assemblingBytes(): number;
 }
 
 /** Counters and gauges of one relay instance. */
@@ -263,6 +265,11 @@ export class Metrics {
       "aero_proxy_queued_bytes",
       "Client bytes queued towards targets across all sessions",
       () => m.live?.queuedBytes() ?? 0,
+    );
+    gauge(
+      "aero_proxy_assembling_bytes",
+      "Bytes of WebSocket messages still arriving, across all sessions",
+      () => m.live?.assemblingBytes() ?? 0,
     );
     this.#connectSeconds = new client.Histogram({
       name: "aero_proxy_connect_duration_seconds",

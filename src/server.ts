@@ -109,6 +109,8 @@ export class Relay {
   readonly #rejectionLog = new LogLimiter(10);
   readonly #sockets: SocketBudget;
   readonly #queue: QueueBudget;
+  /** Bytes of WebSocket messages still arriving, across all sessions (a budget of its own, the same size). */
+  readonly #assembly: QueueBudget;
   #draining = false;
 
   constructor(config: Config, deps: RelayDeps = {}) {
@@ -121,6 +123,7 @@ export class Relay {
     this.#origins = new Set(config.allowedOrigins);
     this.#sockets = deps.sockets ?? socketBudget(socketLimitFor(config, undefined));
     this.#queue = new QueueBudget(config.totalQueueBytes);
+    this.#assembly = new QueueBudget(config.totalQueueBytes);
   }
 
   /** The budget of sockets shared by client and target connections. */
@@ -131,6 +134,11 @@ export class Relay {
   /** Client bytes queued towards targets, across all sessions. */
   get queue(): QueueBudget {
     return this.#queue;
+  }
+
+  /** Bytes of WebSocket messages still arriving, across all sessions. */
+  get assembly(): QueueBudget {
+    return this.#assembly;
   }
 
   /**
@@ -225,6 +233,7 @@ export class Relay {
         messageTimeoutMs: this.config.messageTimeoutMs,
         keepaliveMs: this.config.wsKeepaliveS * 1000,
         closeTimeoutMs: CLOSE_HANDSHAKE_MS,
+        heldBudget: this.#assembly,
         ...(offered.includes(MUX_SUBPROTOCOL) ? { protocol: MUX_SUBPROTOCOL } : {}),
       });
     } catch (err: unknown) {
@@ -437,6 +446,7 @@ export function serveRelay(config: Config, deps: RelayDeps = {}, options: ServeO
     socketsUsed: () => relay.sockets.used,
     socketLimit: () => relay.sockets.limit,
     queuedBytes: () => relay.queue.used,
+    assemblingBytes: () => relay.assembly.used,
   };
   // The metrics listener is for the operator's network only; Deno's server is enough there.
   const abort = new AbortController();

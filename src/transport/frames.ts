@@ -143,6 +143,11 @@ export class FrameReceiver {
     return this.#messageOpcode !== 0;
   }
 
+  /** Whether a message has begun and not yet ended: a fragment seen, or a frame's payload half read. */
+  get partial(): boolean {
+    return this.#messageOpcode !== 0 || (this.#state === State.PAYLOAD && this.#opcode < Opcode.CLOSE);
+  }
+
   /** Bytes of the unfinished message held so far (fragments plus the current frame's payload). */
   get heldBytes(): number {
     return this.#messageBytes + (this.#state === State.PAYLOAD ? this.#payloadFilled : 0);

@@ -32,6 +32,20 @@ export interface WebSocketOptions {
   readonly keepaliveMs: number;
   /** How long a close handshake (and a non-reading peer's unsent data) may hold the connection. */
   readonly closeTimeoutMs: number;
+  /**
+   * Shared with the layers above: the bytes of messages still arriving count against it, and while it is over
+   * its limit a socket in the middle of a message stops reading (the message deadline still runs).
+   */
+  readonly heldBudget?: HeldBudget;
+}
+
+/** A process-wide byte budget (`QueueBudget` in budget.ts fits). */
+export interface HeldBudget {
+  readonly over: boolean;
+  add(bytes: number): void;
+  remove(bytes: number): void;
+  /** Calls `wake` once the budget is under its limit again; returns a function that cancels. */
+  whenUnder(wake: () => void): () => void;
 }
 
 /** What `onclose` receives. */
@@ -96,7 +110,12 @@ export class WebSocketConnection {
   #drainWaiters: { low: number; resolve: () => void }[] = [];
 
   // Inbound.
+  /** Paused by the layer above (upload queues) and by the held-bytes budget, independently. */
   #paused = false;
+  #budgetPaused = false;
+  #cancelBudgetWait: (() => void) | undefined;
+  /** Bytes of the message in progress, as counted in the held budget. */
+  #held = 0;
   #resume: (() => void) | undefined;
   #heard = false;
   #pingSent = false;
@@ -194,6 +213,9 @@ export class WebSocketConnection {
     this.#sendControl(Opcode.CLOSE, closePayload(code, reason));
     this.#closeTimer = setTimeout(() => this.#end(), this.#options.closeTimeoutMs);
     // A paused reader would never see the peer's answer.
+    this.#cancelBudgetWait?.();
+    this.#cancelBudgetWait = undefined;
+    this.#budgetPaused = false;
     this.resume();
   }
 
@@ -209,6 +231,10 @@ export class WebSocketConnection {
 
   resume(): void {
     this.#paused = false;
+    if (!this.#budgetPaused) this.#wakeReader();
+  }
+
+  #wakeReader(): void {
     const resume = this.#resume;
     this.#resume = undefined;
     resume?.();
@@ -230,7 +256,7 @@ export class WebSocketConnection {
     try {
       if (leftover.byteLength > 0) this.#consume(leftover);
       while (!this.#ended) {
-        if (this.#paused) {
+        if (this.#paused || this.#budgetPaused) {
           await new Promise<void>((resolve) => this.#resume = resolve);
           continue;
         }
@@ -262,13 +288,28 @@ export class WebSocketConnection {
       this.#violation(err.code, err.message);
       return;
     }
-    if (receiver.inMessage) {
+    const budget = this.#options.heldBudget;
+    if (budget !== undefined) {
+      const held = receiver.heldBytes;
+      if (held > this.#held) budget.add(held - this.#held);
+      else if (held < this.#held) budget.remove(this.#held - held);
+      this.#held = held;
+      if (held > 0 && budget.over && !this.#budgetPaused && this.#state === ReadyState.OPEN) {
+        this.#budgetPaused = true;
+        this.#cancelBudgetWait = budget.whenUnder(() => {
+          this.#cancelBudgetWait = undefined;
+          this.#budgetPaused = false;
+          if (!this.#paused) this.#wakeReader();
+        });
+      }
+    }
+    if (receiver.partial) {
       if (this.#messageTimer === undefined && this.#options.messageTimeoutMs > 0) {
         this.#messageTimer = setTimeout(() => {
           this.#messageTimer = undefined;
           this.#violation(
             CloseCode.POLICY_VIOLATION,
-            `Fragmented message not completed within ${this.#options.messageTimeoutMs} ms`,
+            `Message not completed within ${this.#options.messageTimeoutMs} ms`,
           );
         }, this.#options.messageTimeoutMs);
       }
@@ -280,6 +321,7 @@ export class WebSocketConnection {
 
   #violation(code: number, message: string): void {
     this.#receiver = undefined;
+    this.#releaseHeld();
     if (this.#state === ReadyState.OPEN) {
       try {
         this.onviolation?.(code, message);
@@ -292,7 +334,17 @@ export class WebSocketConnection {
   #fail(err: unknown): void {
     this.onerror?.({ message: describe(err) });
     this.#receiver = undefined;
+    this.#releaseHeld();
     this.close(CloseCode.INTERNAL_ERROR, "internal error");
+  }
+
+  /** Gives back what the unfinished message held, and stops waiting for the budget. */
+  #releaseHeld(): void {
+    if (this.#held > 0) this.#options.heldBudget?.remove(this.#held);
+    this.#held = 0;
+    this.#cancelBudgetWait?.();
+    this.#cancelBudgetWait = undefined;
+    this.#budgetPaused = false;
   }
 
   #peerClosed(code: number | undefined, reason: string): void {
@@ -434,6 +486,7 @@ export class WebSocketConnection {
     this.#ended = true;
     this.#state = ReadyState.CLOSED;
     this.#receiver = undefined;
+    this.#releaseHeld();
     if (this.#closeTimer !== undefined) clearTimeout(this.#closeTimer);
     if (this.#messageTimer !== undefined) clearTimeout(this.#messageTimer);
     if (this.#keepaliveTimer !== undefined) clearInterval(this.#keepaliveTimer);
