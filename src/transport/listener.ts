@@ -260,6 +260,7 @@ export function listen(options: ListenOptions): Listener {
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
+      options.onRefused?.("header_timeout", ip);
       // A read is pending; closing the write side and answering would race it, so the answer is best effort.
       void answerAndClose(conn, plainResponse(408, "Request Timeout")).finally(() => open.delete(conn));
     }, options.headerTimeoutMs);
