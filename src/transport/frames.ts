@@ -70,6 +70,9 @@ export interface ReceiverOptions {
 }
 
 const fatalDecoder = new TextDecoder("utf-8", { fatal: true });
+const EMPTY = new Uint8Array(0);
+/** The first buffer of a fragmented message; it doubles as fragments arrive. */
+const FIRST_FRAGMENT_BUFFER = 4096;
 const encoder = new TextEncoder();
 
 /** Little-endian hosts read the four mask bytes as one 32-bit word in that order. */
@@ -123,13 +126,20 @@ export class FrameReceiver {
   #fin = false;
   #opcode = 0;
   readonly #mask = new Uint8Array(4);
+  /** Where the frame's payload goes: `#payloadLength` bytes of `#payload` from `#payloadStart`. */
   #payload: Uint8Array = new Uint8Array(0);
+  #payloadStart = 0;
+  #payloadLength = 0;
   #payloadFilled = 0;
 
   // The message being assembled from fragments.
   #messageOpcode = 0;
   #messageBytes = 0;
-  #fragments: Uint8Array[] = [];
+  /**
+   * The fragments of a message, written one after the other into a buffer that doubles as needed (up to the
+   * message limit): a message sent as a million 1-byte fragments holds about its own size, not a buffer each.
+   */
+  #message: Uint8Array = EMPTY;
   /** Streams text validation across fragments, so invalid UTF-8 fails at the fragment that carries it. */
   #textDecoder: TextDecoder | undefined;
 
@@ -150,7 +160,8 @@ export class FrameReceiver {
 
   /** Bytes of the unfinished message held so far (fragments plus the current frame's payload). */
   get heldBytes(): number {
-    return this.#messageBytes + (this.#state === State.PAYLOAD ? this.#payloadFilled : 0);
+    const single = this.#state === State.PAYLOAD && this.#payload !== this.#message;
+    return this.#message.byteLength + (single ? this.#payloadFilled : 0);
   }
 
   /** Consumes one chunk of bytes from the socket. */
@@ -161,11 +172,14 @@ export class FrameReceiver {
       if (this.#state === State.HEADER) {
         at = this.#readHeader(chunk, at);
       } else {
-        const take = Math.min(end - at, this.#payload.byteLength - this.#payloadFilled);
-        this.#payload.set(chunk.subarray(at, at + take), this.#payloadFilled);
+        const take = Math.min(end - at, this.#payloadLength - this.#payloadFilled);
+        const to = this.#payloadStart + this.#payloadFilled;
+        // Tiny payloads byte by byte: a view per fragment would cost more than the copy.
+        if (take <= 16) { for (let i = 0; i < take; i++) this.#payload[to + i] = chunk[at + i]!; }
+        else this.#payload.set(chunk.subarray(at, at + take), to);
         this.#payloadFilled += take;
         at += take;
-        if (this.#payloadFilled === this.#payload.byteLength) this.#frameDone();
+        if (this.#payloadFilled === this.#payloadLength) this.#frameDone();
       }
     }
   }
@@ -240,7 +254,10 @@ export class FrameReceiver {
       length = high >= 0x20_0000 ? Number.MAX_SAFE_INTEGER : high * 0x1_0000_0000 + low;
       at += 8;
     }
-    this.#mask.set(b.subarray(at, at + 4));
+    this.#mask[0] = b[at]!;
+    this.#mask[1] = b[at + 1]!;
+    this.#mask[2] = b[at + 2]!;
+    this.#mask[3] = b[at + 3]!;
     this.#fin = fin;
     this.#opcode = opcode;
     if (opcode >= Opcode.CLOSE) {
@@ -259,7 +276,26 @@ export class FrameReceiver {
         );
       }
     }
-    this.#payload = new Uint8Array(length);
+    if (opcode < Opcode.CLOSE && (opcode === Opcode.CONTINUATION || !fin)) {
+      // A fragment: its payload goes straight after the fragments before it.
+      const need = this.#messageBytes + length;
+      if (this.#message.byteLength < need) {
+        const grown = new Uint8Array(
+          Math.min(
+            this.#maxMessageBytes,
+            Math.max(need, 2 * this.#message.byteLength, FIRST_FRAGMENT_BUFFER),
+          ),
+        );
+        grown.set(this.#message.subarray(0, this.#messageBytes));
+        this.#message = grown;
+      }
+      this.#payload = this.#message;
+      this.#payloadStart = this.#messageBytes;
+    } else {
+      this.#payload = new Uint8Array(length);
+      this.#payloadStart = 0;
+    }
+    this.#payloadLength = length;
     this.#payloadFilled = 0;
     if (length === 0) this.#frameDone();
     else this.#state = State.PAYLOAD;
@@ -302,12 +338,19 @@ export class FrameReceiver {
 
   #frameDone(): void {
     this.#state = State.HEADER;
-    const payload = this.#payload;
-    this.#payload = new Uint8Array(0);
-    if (payload.byteLength > 0) unmask(payload, this.#mask);
+    const target = this.#payload;
+    const start = this.#payloadStart;
+    const length = this.#payloadLength;
+    this.#payload = EMPTY;
+    const fragment = target === this.#message;
+    if (length <= 16) {
+      for (let i = 0; i < length; i++) target[start + i]! ^= this.#mask[i & 3]!;
+    } else {
+      unmask(fragment ? target.subarray(start, start + length) : target, this.#mask);
+    }
     const opcode = this.#opcode;
     if (opcode >= Opcode.CLOSE) {
-      this.#control(opcode, payload);
+      this.#control(opcode, target);
       return;
     }
     if (opcode !== Opcode.CONTINUATION) {
@@ -315,27 +358,22 @@ export class FrameReceiver {
       if (opcode === Opcode.TEXT && !this.#fin) this.#textDecoder = new TextDecoder("utf-8", { fatal: true });
     }
     const binary = this.#messageOpcode === Opcode.BINARY;
-    if (!binary) this.#checkText(payload, this.#fin);
-    if (this.#fin && this.#fragments.length === 0) {
+    if (!binary) this.#checkText(fragment ? target.subarray(start, start + length) : target, this.#fin);
+    if (!fragment) {
       // The common case: one frame, one message, its buffer handed over as it is.
       this.#messageOpcode = 0;
-      this.#messageBytes = 0;
-      this.#events.message(payload.buffer as ArrayBuffer, binary);
+      this.#events.message(target.buffer as ArrayBuffer, binary);
       return;
     }
-    this.#fragments.push(payload);
-    this.#messageBytes += payload.byteLength;
+    this.#messageBytes += length;
     if (!this.#fin) return;
-    const whole = new Uint8Array(this.#messageBytes);
-    let offset = 0;
-    for (const part of this.#fragments) {
-      whole.set(part, offset);
-      offset += part.byteLength;
-    }
-    this.#fragments = [];
+    const whole = this.#message.byteLength === this.#messageBytes
+      ? this.#message
+      : this.#message.slice(0, this.#messageBytes);
+    this.#message = EMPTY;
     this.#messageOpcode = 0;
     this.#messageBytes = 0;
-    this.#events.message(whole.buffer, binary);
+    this.#events.message(whole.buffer as ArrayBuffer, binary);
   }
 
   #checkText(payload: Uint8Array, fin: boolean): void {

@@ -166,6 +166,8 @@ async function answerAndClose(conn: Deno.Conn, bytes: Uint8Array): Promise<void>
   } catch { /* already closed */ }
 }
 
+/** Connections past the socket budget that may be answered at once; beyond this they are just closed. */
+const MAX_UNBUDGETED = 8;
 const SOCKETS_SPENT = plainResponse(503, "Service Unavailable: the relay is at its socket limit", {
   "retry-after": "5",
 });
@@ -210,6 +212,9 @@ export function listen(options: ListenOptions): Listener {
   const tasks = new Set<Promise<void>>();
   let pending = 0;
   let connections = 0;
+  /** Connections past the socket budget whose 503 is being written; the accept loop waits while there are many. */
+  let unbudgeted = 0;
+  let wakeAccept: (() => void) | undefined;
   let closing = false;
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
   let wakeRetry: (() => void) | undefined;
@@ -340,6 +345,10 @@ export function listen(options: ListenOptions): Listener {
   async function acceptLoop(): Promise<void> {
     let retryMs = 0;
     while (!closing) {
+      if (unbudgeted >= MAX_UNBUDGETED) {
+        await new Promise<void>((resolve) => wakeAccept = resolve);
+        continue;
+      }
       let conn: Deno.Conn;
       try {
         conn = await listener.accept();
@@ -373,8 +382,18 @@ export function listen(options: ListenOptions): Listener {
         // The budget is spent: answer at once, with the descriptor accept already gave us.
         connections--;
         options.onRefused?.("sockets", (conn.remoteAddr as Deno.NetAddr).hostname);
-        // No linger here: this descriptor is outside the budget, so it must be given back at once.
-        track(answerNow(conn, SOCKETS_SPENT));
+        // No linger here: this descriptor is outside the budget, so it must be given back at once. In a burst,
+        // the loop accepts no more than a few such connections at a time (the rest wait in the kernel's backlog,
+        // costing no descriptor), so every one still gets its 503.
+        unbudgeted++;
+        track(
+          answerNow(conn, SOCKETS_SPENT).finally(() => {
+            unbudgeted--;
+            const wake = wakeAccept;
+            wakeAccept = undefined;
+            wake?.();
+          }),
+        );
         continue;
       }
       track(serveConnection(conn, counted));
@@ -398,6 +417,7 @@ export function listen(options: ListenOptions): Listener {
         } catch { /* already closed */ }
         if (retryTimer !== undefined) clearTimeout(retryTimer);
         wakeRetry?.();
+        wakeAccept?.();
         for (const conn of open) {
           try {
             conn.close();

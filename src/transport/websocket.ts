@@ -364,7 +364,8 @@ export class WebSocketConnection {
 
   #keepalive = (): void => {
     if (this.#state !== ReadyState.OPEN) return;
-    if (this.#heard) {
+    // While reads are paused the peer's answers sit unread: silence then proves nothing.
+    if (this.#heard || this.#paused || this.#budgetPaused) {
       this.#heard = false;
       this.#pingSent = false;
       return;

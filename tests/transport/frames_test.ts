@@ -240,7 +240,8 @@ Deno.test("receiver: the size limit is enforced at the frame header, before any 
   const { handlers } = recorder();
   const receiver = new FrameReceiver(handlers, { maxMessageBytes: 1000 });
   receiver.push(clientFrame(Opcode.BINARY, new Uint8Array(600), { fin: false }));
-  assert.equal(receiver.heldBytes, 600);
+  // What is held is the fragments' buffer: at least their bytes, never more than the limit.
+  assert.ok(receiver.heldBytes >= 600 && receiver.heldBytes <= 1000, String(receiver.heldBytes));
   const second = clientFrame(Opcode.CONTINUATION, new Uint8Array(401));
   assert.throws(
     () => receiver.push(second.subarray(0, 8)),
