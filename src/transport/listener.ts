@@ -77,6 +77,8 @@ const KEY_PATTERN = /^[+/0-9A-Za-z]{21}[AQgw]==$/;
 /** A request the listener built, with what an upgrade needs to know about it. */
 interface RequestOrigin {
   readonly version: string;
+  /** The method as sent (`Request` upper-cases the standard ones; methods are case-sensitive). */
+  readonly method: string;
 }
 const origins = new WeakMap<Request, RequestOrigin>();
 /** Responses made by {@linkcode upgradeWebSocket}, with their socket and 101 headers. */
@@ -109,7 +111,7 @@ export function upgradeWebSocket(
 ): { socket: WebSocketConnection; response: Response } {
   const origin = origins.get(request);
   if (origin === undefined) throw new TypeError("Cannot upgrade a request this listener did not receive");
-  if (request.method !== "GET") throw new HandshakeError(405, "Method Not Allowed", { allow: "GET" });
+  if (origin.method !== "GET") throw new HandshakeError(405, "Method Not Allowed", { allow: "GET" });
   if (origin.version !== "HTTP/1.1") throw new HandshakeError(400, "Bad Request: an upgrade needs HTTP/1.1");
   const headers = request.headers;
   if (!hasToken(headers.get("upgrade"), "websocket")) {
@@ -145,22 +147,21 @@ export function upgradeWebSocket(
 
 /** Writes `bytes` (a whole answer) and closes the connection without letting unread input reset it away. */
 async function answerAndClose(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  // One deadline for all of it: a write can wait forever too (a peer that does not read, or a TLS
+  // handshake that never finishes).
+  const deadline = setTimeout(() => {
+    try {
+      conn.close();
+    } catch { /* closed below */ }
+  }, LINGER_MS);
   try {
     for (let offset = 0; offset < bytes.byteLength;) offset += await conn.write(bytes.subarray(offset));
     conn.closeWrite();
-    // Read and drop what the client still sends until it closes, for a short while at most.
+    // Read and drop what the client still sends until it closes.
     const sink = new Uint8Array(4096);
-    const deadline = setTimeout(() => {
-      try {
-        conn.close();
-      } catch { /* closed below */ }
-    }, LINGER_MS);
-    try {
-      while ((await conn.read(sink)) !== null) { /* discard */ }
-    } finally {
-      clearTimeout(deadline);
-    }
-  } catch { /* the client went away; nothing to answer */ }
+    while ((await conn.read(sink)) !== null) { /* discard */ }
+  } catch { /* the client went away, or the deadline closed the connection */ }
+  clearTimeout(deadline);
   try {
     conn.close();
   } catch { /* already closed */ }
@@ -186,6 +187,12 @@ async function answerNow(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
   try {
     conn.close();
   } catch { /* already closed */ }
+}
+
+/** Errors of one connection (reset or aborted before accept returned), as opposed to the listener's. */
+function isConnectionError(err: unknown): boolean {
+  return err instanceof Deno.errors.NotConnected || err instanceof Deno.errors.ConnectionReset ||
+    err instanceof Deno.errors.ConnectionAborted;
 }
 
 function bump(map: Map<string, number>, key: string, delta: number): void {
@@ -303,7 +310,7 @@ export function listen(options: ListenOptions): Listener {
         await answerAndClose(conn, plainResponse(400, "Bad Request: malformed request target"));
         return;
       }
-      origins.set(request, { version: parsed.version });
+      origins.set(request, { version: parsed.version, method: parsed.method });
       let response: Response;
       try {
         response = await options.handler(request, { remoteAddr });
@@ -319,7 +326,13 @@ export function listen(options: ListenOptions): Listener {
       const upgrade = upgrades.get(response);
       if (upgrade !== undefined) {
         upgrades.delete(response);
-        await writeAll(conn, encodeResponseHead(101, upgrade.headers));
+        try {
+          await writeAll(conn, encodeResponseHead(101, upgrade.headers));
+        } catch (err: unknown) {
+          // The client went away before its 101: whoever set the socket up must hear it closed.
+          upgrade.socket.abandon();
+          throw err;
+        }
         leavePending();
         open.delete(conn);
         upgraded = true;
@@ -355,6 +368,8 @@ export function listen(options: ListenOptions): Listener {
         retryMs = 0;
       } catch (err: unknown) {
         if (closing) return;
+        // A connection that was reset before accept returned fails alone: the next one is fine at once.
+        if (isConnectionError(err)) continue;
         retryMs = retryMs === 0 ? ACCEPT_RETRY_FIRST_MS : Math.min(ACCEPT_RETRY_MAX_MS, retryMs * 2);
         options.onAcceptError?.(err, retryMs);
         await new Promise<void>((resolve) => {

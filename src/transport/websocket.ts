@@ -107,6 +107,8 @@ export class WebSocketConnection {
   #queueHead = 0;
   #buffered = 0;
   #writing = false;
+  /** The pong to write before the next queued frame, if a ping is waiting for one. */
+  #pong: Uint8Array | undefined;
   #drainWaiters: { low: number; resolve: () => void }[] = [];
 
   // Inbound.
@@ -162,7 +164,7 @@ export class WebSocketConnection {
         this.onmessage?.({ data: binary ? data : new TextDecoder().decode(data) });
       },
       ping: (payload) => {
-        if (this.#state === ReadyState.OPEN) this.#sendFrame(encodeFrame(Opcode.PONG, payload));
+        if (this.#state === ReadyState.OPEN) this.#queuePong(payload);
       },
       pong: () => {},
       close: (code, reason) => this.#peerClosed(code, reason),
@@ -217,6 +219,17 @@ export class WebSocketConnection {
     this.#cancelBudgetWait = undefined;
     this.#budgetPaused = false;
     this.resume();
+  }
+
+  /**
+   * For the listener: the upgrade failed before the socket was attached (the client went away before its
+   * 101). The socket closes as if the connection had dropped (1006), so its owner can let go of it.
+   */
+  abandon(): void {
+    if (this.#conn !== undefined || this.#ended) return;
+    this.#ended = true;
+    this.#state = ReadyState.CLOSED;
+    this.onclose?.({ code: CloseCode.ABNORMAL, reason: "", wasClean: false });
   }
 
   /** Drops the connection without a closing handshake. */
@@ -382,6 +395,18 @@ export class WebSocketConnection {
 
   // --- Outbound --------------------------------------------------------------------------------------
 
+  /**
+   * At most one pong waits to be written, and it answers the latest ping (RFC 6455 5.5.3 allows that): a peer
+   * that pings without reading cannot make the relay queue anything.
+   */
+  #queuePong(payload: Uint8Array): void {
+    if (this.#ended) return;
+    if (this.#pong !== undefined) this.#buffered -= this.#pong.byteLength;
+    this.#pong = encodeFrame(Opcode.PONG, payload);
+    this.#buffered += this.#pong.byteLength;
+    if (!this.#writing) void this.#writeLoop();
+  }
+
   #sendControl(opcode: number, payload: Uint8Array): void {
     this.#sendFrame(encodeFrame(opcode, payload));
   }
@@ -397,8 +422,10 @@ export class WebSocketConnection {
     this.#writing = true;
     const conn = this.#conn!;
     try {
-      while (this.#queueHead < this.#queue.length && !this.#ended) {
-        const out = this.#take();
+      while ((this.#pong !== undefined || this.#queueHead < this.#queue.length) && !this.#ended) {
+        const pong = this.#pong;
+        this.#pong = undefined;
+        const out = pong ?? this.#take();
         for (let offset = 0; offset < out.byteLength;) {
           offset += await conn.write(out.subarray(offset));
         }
@@ -497,6 +524,7 @@ export class WebSocketConnection {
     } catch { /* already closed */ }
     this.#queue = [];
     this.#queueHead = 0;
+    this.#pong = undefined;
     this.#buffered = 0;
     this.#wakeDrained();
     this.resume();

@@ -301,3 +301,17 @@ Deno.test("request heads: parsed strictly, with the right status for each fault"
   assert.equal(findHeadEnd(head("GET / HTTP/1.1\r\n\r\nrest")), 18);
   assert.equal(findHeadEnd(head("GET / HTTP/1.1\r\n\r")), -1);
 });
+
+Deno.test("receiver: a flood of empty fragments holds nothing", () => {
+  const { events, handlers } = recorder();
+  const receiver = new FrameReceiver(handlers, { maxMessageBytes: 1 << 20 });
+  receiver.push(clientFrame(Opcode.BINARY, new Uint8Array([1]), { fin: false }));
+  const empty = clientFrame(Opcode.CONTINUATION, new Uint8Array(0), { fin: false });
+  const batch = concat(Array.from({ length: 10_000 }, () => empty));
+  for (let i = 0; i < 20; i++) receiver.push(batch);
+  // 200,000 fragments later the message still holds its first buffer, and nothing else.
+  assert.ok(receiver.heldBytes <= 4096, `held ${receiver.heldBytes}`);
+  receiver.push(clientFrame(Opcode.CONTINUATION, new Uint8Array([2])));
+  assert.equal(events.length, 1);
+  assert.deepEqual((events[0] as { data: Uint8Array }).data, new Uint8Array([1, 2]));
+});
