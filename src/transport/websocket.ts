@@ -157,6 +157,13 @@ export class WebSocketConnection {
     if (this.#conn !== undefined) throw new TypeError("Cannot attach a WebSocket twice");
     this.#conn = conn;
     this.#released = released;
+    // Frames are written whole; Nagle's algorithm would hold a small one (a pong, an echo) behind the
+    // peer's delayed ACK for up to 40 ms.
+    if ("setNoDelay" in conn && typeof conn.setNoDelay === "function") {
+      try {
+        (conn as Deno.TcpConn).setNoDelay(true);
+      } catch { /* the peer already went away */ }
+    }
     this.#state = ReadyState.OPEN;
     this.#receiver = new FrameReceiver({
       message: (data, binary) => {
