@@ -11,9 +11,10 @@ import { forwardedClientIp } from "./forwarded.ts";
 import { Metrics } from "./metrics.ts";
 import { createPolicy } from "./policy/policy.ts";
 import { MUX_PATH, MUX_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX } from "./protocol/mod.ts";
-import { CLOSE_GOING_AWAY, Session } from "./session.ts";
-import type { Dial } from "./tcp_stream.ts";
+import { CLOSE_GOING_AWAY, Session } from "./core/session.ts";
+import type { Dial } from "./core/stream.ts";
 import { type ConnInfo, HandshakeError, listen, upgradeWebSocket } from "./transport/listener.ts";
+import { SeedWire } from "./wire/seed_v1.ts";
 
 const logger = getLogger(["aero-net-proxy", "server"]);
 
@@ -263,6 +264,7 @@ export class Relay {
       clientIp,
       sockets: this.#sockets,
       queue: this.#queue,
+      wire: (session) => new SeedWire(session),
       onClose: released,
     });
     this.#sessions.add(session);

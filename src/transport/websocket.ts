@@ -71,6 +71,8 @@ const JOIN_BYTES = 64 * 1024;
 const POOLED_BYTES = 64 * 1024 + 32;
 const POOLED_MIN = 16 * 1024;
 const POOL_MAX = 64;
+/** Pongs that may wait to be written; past this, the last one is replaced by the answer to the latest ping. */
+const MAX_PONGS = 64;
 const pool: Uint8Array[] = [];
 
 /** Gives a written frame's buffer back to the pool if it came from there. */
@@ -108,7 +110,7 @@ export class WebSocketConnection {
   #buffered = 0;
   #writing = false;
   /** The pong to write before the next queued frame, if a ping is waiting for one. */
-  #pong: Uint8Array | undefined;
+  #pongs: Uint8Array[] = [];
   #drainWaiters: { low: number; resolve: () => void }[] = [];
 
   // Inbound.
@@ -403,14 +405,16 @@ export class WebSocketConnection {
   // --- Outbound --------------------------------------------------------------------------------------
 
   /**
-   * At most one pong waits to be written, and it answers the latest ping (RFC 6455 5.5.3 allows that): a peer
-   * that pings without reading cannot make the relay queue anything.
+   * Each ping gets its pong, but at most {@linkcode MAX_PONGS} wait to be written: past that the last one is
+   * replaced by the answer to the latest ping (RFC 6455 5.5.3 allows answering only the latest), so a peer that
+   * pings without reading cannot make the relay queue anything.
    */
   #queuePong(payload: Uint8Array): void {
     if (this.#ended) return;
-    if (this.#pong !== undefined) this.#buffered -= this.#pong.byteLength;
-    this.#pong = encodeFrame(Opcode.PONG, payload);
-    this.#buffered += this.#pong.byteLength;
+    const pong = encodeFrame(Opcode.PONG, payload);
+    if (this.#pongs.length >= MAX_PONGS) this.#buffered -= this.#pongs.pop()!.byteLength;
+    this.#pongs.push(pong);
+    this.#buffered += pong.byteLength;
     if (!this.#writing) void this.#writeLoop();
   }
 
@@ -429,10 +433,8 @@ export class WebSocketConnection {
     this.#writing = true;
     const conn = this.#conn!;
     try {
-      while ((this.#pong !== undefined || this.#queueHead < this.#queue.length) && !this.#ended) {
-        const pong = this.#pong;
-        this.#pong = undefined;
-        const out = pong ?? this.#take();
+      while ((this.#pongs.length > 0 || this.#queueHead < this.#queue.length) && !this.#ended) {
+        const out = this.#pongs.shift() ?? this.#take();
         for (let offset = 0; offset < out.byteLength;) {
           offset += await conn.write(out.subarray(offset));
         }
@@ -531,7 +533,7 @@ export class WebSocketConnection {
     } catch { /* already closed */ }
     this.#queue = [];
     this.#queueHead = 0;
-    this.#pong = undefined;
+    this.#pongs = [];
     this.#buffered = 0;
     this.#wakeDrained();
     this.resume();

@@ -4,23 +4,12 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import type { QueueBudget, SocketBudget } from "./budget.ts";
-import type { Config } from "./config.ts";
-import { Metrics } from "./metrics.ts";
-import type { Policy } from "./policy/policy.ts";
-import {
-  type ClientFrame,
-  decodeClientFrame,
-  encodeError,
-  ERROR_CODE_NAMES,
-  ErrorCode,
-  FrameType,
-  type OpenFrame,
-  ProtocolError,
-  SESSION_ID,
-} from "./protocol/mod.ts";
-import { TokenBucket } from "./rate_limit.ts";
-import { type Dial, MIN_READ, type StreamHost, TcpStream } from "./tcp_stream.ts";
+import type { QueueBudget, SocketBudget } from "../budget.ts";
+import type { Config } from "../config.ts";
+import { Metrics } from "../metrics.ts";
+import type { Policy } from "../policy/policy.ts";
+import { TokenBucket } from "../rate_limit.ts";
+import { type CloseReason, type Dial, MIN_READ, type StreamHost, TcpStream } from "./stream.ts";
 
 /** The part of a WebSocket a session uses (the seam tests and adapters can fill). */
 export interface FrameSocket {
@@ -46,10 +35,38 @@ export const CLOSE_NORMAL = 1000;
 /** WebSocket close code for a peer that breaks the relay's rules (RFC 6455, 7.4.1). */
 export const CLOSE_POLICY_VIOLATION = 1008;
 /**
- * ERROR frames a session may have waiting behind a congested send buffer (about 400 KB) before a client that
- * does not read them is cut off.
+ * Replies a client earned by bad frames (ERRORs) that may wait behind a congested send buffer (about 400 KB)
+ * before a client that does not read them is cut off.
  */
 export const MAX_UNREAD_ERRORS = 4096;
+/** The connection id used for the session itself in messages and logs. */
+const SESSION_ID = 0;
+
+/** Why the core refused an OPEN (the stream never existed). */
+export type Refusal = "policy_denied" | "rate_limited" | "invalid";
+
+/**
+ * A wire format, for one session: decodes the client's messages into calls on the session, and encodes what
+ * the core reports in that protocol's frames and codes. The core never writes a protocol's bytes itself.
+ */
+export interface Wire {
+  /** Bytes in front of each DATA payload (0 for a protocol of raw bytes). */
+  readonly dataHeaderSize: number;
+  /** Writes the DATA header of stream `id` at `frame[0]`. */
+  writeDataHeader(frame: Uint8Array, id: number): void;
+  /** One message from the client. */
+  receive(data: ArrayBuffer | string): void;
+  /** Stream `id` is connected to its target. */
+  streamOpened(id: number): void;
+  /** Stream `id` ends for `reason`; `message` is set when it ends in error. */
+  streamEnding(id: number, reason: CloseReason, message: string | undefined): void;
+  /** An OPEN was refused before it became a stream. */
+  openRefused(id: number, refusal: Refusal, message: string): void;
+  /** The transport found a rule broken at the WebSocket level and is about to close with `code`. */
+  peerViolation(code: number, message: string): void;
+  /** A bug in the relay ends the session; the wire may say so first. */
+  internalError(): void;
+}
 /** WebSocket close code for an unexpected condition in the relay (RFC 6455, 7.4.1). */
 export const CLOSE_INTERNAL_ERROR = 1011;
 /** `readyState` of an open WebSocket. */
@@ -68,6 +85,8 @@ export interface SessionDeps {
   readonly metrics: Metrics;
   readonly dial: Dial;
   readonly clientIp: string;
+  /** The wire format this session speaks. */
+  readonly wire: (session: Session) => Wire;
   /** Shared with the listener and every session: a target connection takes one socket. */
   readonly sockets?: SocketBudget;
   /** Client bytes queued towards targets across all sessions. */
@@ -87,10 +106,12 @@ export class Session implements StreamHost {
   readonly streamQueueBytes: number;
   readonly sessionQueueBytes: number;
   readonly sockets: SocketBudget | undefined;
+  readonly dataHeaderSize: number;
   /** Client bytes queued towards this session's targets, overhead included. */
   queuedBytes = 0;
 
   readonly #socket: FrameSocket;
+  readonly #wire: Wire;
   readonly #deps: SessionDeps;
   readonly #metrics: Metrics;
   readonly #streams = new Map<number, TcpStream>();
@@ -128,6 +149,8 @@ export class Session implements StreamHost {
     this.sessionId = `s${nextSessionNumber++}-${crypto.randomUUID().slice(0, 8)}`;
     this.#socket = socket;
     this.#deps = deps;
+    this.#wire = deps.wire(this);
+    this.dataHeaderSize = this.#wire.dataHeaderSize;
     this.#metrics = deps.metrics;
     this.dial = deps.dial;
     this.connectTimeoutMs = config.connectTimeoutMs;
@@ -173,106 +196,38 @@ export class Session implements StreamHost {
     return this.#closed;
   }
 
-  // --- Inbound frames --------------------------------------------------------------------------------
+  // --- Calls from the wire -------------------------------------------------------------------------------
 
-  /** Handles one WebSocket message from the client. */
-  handleMessage(data: unknown): void {
-    if (this.#closed) return;
-    if (!(data instanceof ArrayBuffer)) {
-      this.#violation(
-        typeof data === "string"
-          ? "Invalid frame: text messages are not part of the protocol; send binary frames"
-          : "Invalid frame: unsupported message type",
-      );
-      return;
-    }
+  /** The metrics this session counts into. */
+  get metrics(): Metrics {
+    return this.#metrics;
+  }
+
+  /** Counts one message from the client. */
+  countInbound(bytes: number): void {
     this.#metrics.framesFromClient++;
-    this.#metrics.bytesFromClient += data.byteLength;
-    this.#bytesIn += data.byteLength;
-    if (data.byteLength > this.#deps.config.maxFrameBytes) {
-      this.#countLimit(
-        "frame_size",
-        SESSION_ID,
-        `Message of ${data.byteLength} bytes exceeds the limit of ${this.#deps.config.maxFrameBytes}`,
-      );
-      this.sendError(
-        SESSION_ID,
-        ErrorCode.INVALID_FRAME,
-        `Invalid frame: message of ${data.byteLength} bytes exceeds the limit of ${this.#deps.config.maxFrameBytes}`,
-      );
-      this.close(CLOSE_TOO_BIG, "message too big");
-      return;
-    }
-    let frame: ClientFrame;
-    try {
-      frame = decodeClientFrame(new Uint8Array(data));
-    } catch (err: unknown) {
-      if (!(err instanceof ProtocolError)) throw err;
-      if (err.scope === "session") {
-        this.#violation(err.message);
-        return;
-      }
-      // A malformed OPEN is a refused OPEN: what the client pipelined behind it is dropped quietly.
-      const refusedOpen = data.byteLength > 0 && new Uint8Array(data, 0, 1)[0] === FrameType.OPEN;
-      if (refusedOpen && err.connectionId !== SESSION_ID && !this.#streams.has(err.connectionId)) {
-        this.#remember(err.connectionId);
-      }
-      this.sendError(err.connectionId, err.code, err.message);
-      return;
-    }
-    switch (frame.type) {
-      case FrameType.OPEN:
-        this.#open(frame);
-        return;
-      case FrameType.DATA: {
-        const stream = this.#streams.get(frame.connectionId);
-        if (stream !== undefined) stream.enqueue(frame.data);
-        else this.#unknownId(frame.connectionId, "DATA");
-        return;
-      }
-      case FrameType.CLOSE: {
-        const stream = this.#streams.get(frame.connectionId);
-        if (stream !== undefined) stream.clientClose();
-        else this.#unknownId(frame.connectionId, "CLOSE");
-        return;
-      }
-    }
+    this.#metrics.bytesFromClient += bytes;
+    this.#bytesIn += bytes;
+  }
+
+  /** Whether stream `id` is live. */
+  hasStream(id: number): boolean {
+    return this.#streams.has(id);
+  }
+
+  /** Whether `id` belonged to a stream that ended (or an OPEN refused) recently. */
+  isRecent(id: number): boolean {
+    return this.#recent.has(id);
   }
 
   /**
-   * The transport found a rule broken at the WebSocket level and is about to close with `code`. A message over
-   * the size limit is also answered in the seed framing's own terms: ERROR 5 on id 0, before the 1009.
+   * Opens stream `id` to `ip:port` if the limits and the policy allow it; otherwise the wire hears why. The
+   * caller has checked that `id` is not live.
    */
-  peerViolation(code: number, message: string): void {
-    if (code === CLOSE_TOO_BIG) {
-      this.#countLimit("frame_size", SESSION_ID, message);
-      this.sendError(
-        SESSION_ID,
-        ErrorCode.INVALID_FRAME,
-        `Invalid frame: ${message[0]!.toLowerCase()}${message.slice(1)}`,
-      );
-      return;
-    }
-    logger.warn("protocol_violation", { event: "error", sessionId: this.sessionId, code, reason: message });
-  }
-
-  #unknownId(id: number, kind: string): void {
-    if (this.#recent.has(id)) return;
-    this.sendError(
-      id,
-      ErrorCode.INVALID_FRAME,
-      `Invalid ${kind} frame: no open stream has connection id ${id}`,
-    );
-  }
-
-  #open(frame: OpenFrame): void {
-    const id = frame.connectionId;
-    if (this.#streams.has(id)) {
-      this.sendError(id, ErrorCode.INVALID_FRAME, `Invalid OPEN frame: connection id ${id} is already open`);
-      return;
-    }
+  open(id: number, ip: readonly number[], port: number): void {
+    if (this.#closed || this.#streams.has(id)) return;
     // A refused OPEN still counts as recent, so DATA the client pipelined behind it is dropped quietly.
-    this.#remember(id);
+    this.remember(id);
     const { config } = this.#deps;
     if (this.#streams.size >= config.maxStreamsPerSession) {
       this.#limit(
@@ -282,7 +237,7 @@ export class Session implements StreamHost {
       );
       return;
     }
-    const decision = this.#deps.policy(frame.ip, frame.port);
+    const decision = this.#deps.policy(ip, port);
     if (!decision.allowed) {
       Metrics.bump(this.#metrics.policyDenied, decision.rule);
       if (this.#firstTime(`policy:${decision.rule}`)) {
@@ -294,7 +249,7 @@ export class Session implements StreamHost {
           reason: decision.reason,
         });
       }
-      this.sendError(id, ErrorCode.POLICY_DENIED, decision.reason);
+      this.#wire.openRefused(id, "policy_denied", decision.reason);
       return;
     }
     let delayMs = 0;
@@ -311,18 +266,76 @@ export class Session implements StreamHost {
       delayMs = this.#openBucket.reserve(1);
     }
     this.#recent.delete(id);
-    const stream = new TcpStream(this, id, frame.ip, frame.port);
+    const stream = new TcpStream(this, id, ip, port);
     this.#streams.set(id, stream);
     this.#streamsOpened++;
     this.#metrics.streamsActive++;
     this.#metrics.streamsTotal++;
-    // A bug in a stream must end that stream with ERROR 9, never reject unhandled (which would stop the relay).
+    // A bug in a stream must end that stream with an internal error, never reject unhandled (which would stop
+    // the relay).
     const task = stream.start(delayMs).catch((err: unknown) => {
       this.#internalError(err, id);
-      stream.finish("internal_error", { code: ErrorCode.INTERNAL_ERROR, message: "Internal relay error" });
+      stream.finish("internal_error", "Internal relay error");
     });
     this.#tasks.add(task);
     void task.finally(() => this.#tasks.delete(task));
+  }
+
+  /** Client bytes for stream `id`; false when no such stream is live. */
+  data(id: number, bytes: Uint8Array): boolean {
+    const stream = this.#streams.get(id);
+    if (stream === undefined) return false;
+    stream.enqueue(bytes);
+    return true;
+  }
+
+  /** The client closed stream `id`: flush, then close; false when no such stream is live. */
+  clientClose(id: number): boolean {
+    const stream = this.#streams.get(id);
+    if (stream === undefined) return false;
+    stream.clientClose();
+    return true;
+  }
+
+  /** A violation of the wire format that ends the session: logged, then the WebSocket closes with `code`. */
+  protocolViolation(message: string, code: number): void {
+    logger.warn("protocol_violation", { event: "error", sessionId: this.sessionId, reason: message });
+    this.close(code, "protocol error");
+  }
+
+  /**
+   * The transport found a rule broken at the WebSocket level and is about to close with `code`: the wire may
+   * answer in its own terms first.
+   */
+  peerViolation(code: number, message: string): void {
+    this.#wire.peerViolation(code, message);
+    if (code !== CLOSE_TOO_BIG) {
+      logger.warn("protocol_violation", { event: "error", sessionId: this.sessionId, code, reason: message });
+    }
+  }
+
+  /**
+   * Whether a reply the client earned (an error for a bad frame) may be sent. A client that sends bad frames
+   * without reading could make the send buffer grow without bound: replies while the buffer is congested are
+   * counted, and past {@linkcode MAX_UNREAD_ERRORS} the session is cut off. A client that reads starts from
+   * zero again.
+   */
+  admitReply(id: number): boolean {
+    if (this.#closed) return false;
+    if (this.#socket.bufferedAmount > this.#highWatermark) {
+      if (++this.#unreadErrors > MAX_UNREAD_ERRORS) {
+        this.countLimit(
+          "unread_errors",
+          id,
+          `Client does not read: ${MAX_UNREAD_ERRORS} ERROR frames are waiting behind the send buffer`,
+        );
+        this.close(CLOSE_POLICY_VIOLATION, "client does not read its frames");
+        return false;
+      }
+    } else {
+      this.#unreadErrors = 0;
+    }
+    return true;
   }
 
   #internalError(err: unknown, streamId: number): void {
@@ -336,26 +349,27 @@ export class Session implements StreamHost {
   }
 
   /**
-   * Handles one WebSocket message; a bug while doing so costs this session (ERROR 9 on id 0, close 1011),
-   * never the relay.
+   * Handles one WebSocket message through the wire; a bug while doing so costs this session (the wire's
+   * internal error, then close 1011), never the relay.
    */
-  receive(data: unknown): void {
+  receive(data: ArrayBuffer | string): void {
+    if (this.#closed) return;
     try {
-      this.handleMessage(data);
+      this.#wire.receive(data);
     } catch (err: unknown) {
       this.#internalError(err, SESSION_ID);
-      this.sendError(SESSION_ID, ErrorCode.INTERNAL_ERROR, "Internal relay error");
+      this.#wire.internalError();
       this.close(CLOSE_INTERNAL_ERROR, "internal error");
     }
   }
 
   #limit(kind: string, id: number, message: string): void {
-    this.#countLimit(kind, id, message);
-    this.sendError(id, ErrorCode.RATE_LIMITED, message);
+    this.countLimit(kind, id, message);
+    this.#wire.openRefused(id, "rate_limited", message);
   }
 
   /** Counts a limit hit and logs it once per session and kind. */
-  #countLimit(kind: string, id: number, message: string): void {
+  countLimit(kind: string, id: number, message: string): void {
     Metrics.bump(this.#metrics.rateLimited, kind);
     if (this.#firstTime(`limit:${kind}`)) {
       logger.warn("rate_limited", {
@@ -381,7 +395,7 @@ export class Session implements StreamHost {
         });
       }
     } else {
-      this.#countLimit(kind, id, message);
+      this.countLimit(kind, id, message);
     }
   }
 
@@ -407,20 +421,14 @@ export class Session implements StreamHost {
     return true;
   }
 
-  #remember(id: number): void {
+  /** Marks `id` as recently ended: DATA or CLOSE for it that crossed the end on the wire is dropped quietly. */
+  remember(id: number): void {
     this.#recent.delete(id);
     this.#recent.add(id);
     if (this.#recent.size > RECENT_IDS) {
       const oldest = this.#recent.values().next().value;
       if (oldest !== undefined) this.#recent.delete(oldest);
     }
-  }
-
-  /** A session-level protocol violation: ERROR on id 0, then close with 1002. */
-  #violation(message: string): void {
-    this.sendError(SESSION_ID, ErrorCode.INVALID_FRAME, message);
-    logger.warn("protocol_violation", { event: "error", sessionId: this.sessionId, reason: message });
-    this.close(CLOSE_PROTOCOL_ERROR, "protocol error");
   }
 
   // --- StreamHost ------------------------------------------------------------------------------------
@@ -526,7 +534,7 @@ export class Session implements StreamHost {
         const message = `Target ${stream.destination} is not reading fast enough: it accepted no data for ` +
           `${stallMs} ms while the upload queues were full`;
         this.limitHit("backpressure", stream.id, message);
-        stream.finish("backpressure", { code: ErrorCode.BACKPRESSURE, message });
+        stream.finish("backpressure", message);
       }
     }
     // Over the shared budget with nothing of ours stalled: wait for other sessions to free some.
@@ -549,34 +557,16 @@ export class Session implements StreamHost {
     this.#bytesOut += frame.byteLength;
   }
 
-  sendError(connectionId: number, code: ErrorCode, message: string): void {
-    if (this.#closed) return;
-    // Every bad frame earns an ERROR, so a client that sends bad frames without reading could make the send
-    // buffer grow without bound. ERRORs sent while the buffer is congested are counted; past the bound the
-    // session is cut off. A client that reads (the buffer drains) starts from zero again.
-    if (this.#socket.bufferedAmount > this.#highWatermark) {
-      if (++this.#unreadErrors > MAX_UNREAD_ERRORS) {
-        this.#countLimit(
-          "unread_errors",
-          connectionId,
-          `Client does not read: ${MAX_UNREAD_ERRORS} ERROR frames are waiting behind the send buffer`,
-        );
-        this.close(CLOSE_POLICY_VIOLATION, "client does not read its frames");
-        return;
-      }
-    } else {
-      this.#unreadErrors = 0;
-    }
-    Metrics.bump(this.#metrics.errorsSent, code);
-    logger.debug("error_sent", {
-      event: "error",
-      sessionId: this.sessionId,
-      streamId: connectionId,
-      code,
-      codeName: ERROR_CODE_NAMES[code],
-      reason: message,
-    });
-    this.sendFrame(encodeError(connectionId, code, message));
+  writeDataHeader(frame: Uint8Array, id: number): void {
+    this.#wire.writeDataHeader(frame, id);
+  }
+
+  streamOpened(stream: TcpStream): void {
+    this.#wire.streamOpened(stream.id);
+  }
+
+  streamEnding(stream: TcpStream, reason: CloseReason, message: string | undefined): void {
+    if (!this.#closed) this.#wire.streamEnding(stream.id, reason, message);
   }
 
   streamFinished(stream: TcpStream): void {
@@ -585,7 +575,7 @@ export class Session implements StreamHost {
       this.#metrics.streamsActive--;
       if (this.#streams.size === 0) this.#emptySince = performance.now();
     }
-    this.#remember(stream.id);
+    this.remember(stream.id);
   }
 
   lingerStarted(stream: TcpStream): void {

@@ -4,15 +4,7 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import {
-  encodeClose,
-  encodeOpenAck,
-  ErrorCode,
-  FrameType,
-  HEADER_SIZE,
-  writeHeader,
-} from "./protocol/mod.ts";
-import type { SocketBudget } from "./budget.ts";
+import type { SocketBudget } from "../budget.ts";
 
 /**
  * The smallest read a stream may make when the session's download budget (the high watermark, less what is
@@ -113,8 +105,15 @@ export interface StreamHost {
   reserveUplink(n: number): number;
   /** Milliseconds to wait after `n` target bytes before the next read (shaping). */
   reserveDownlink(n: number): number;
+  /** Bytes the wire format puts in front of each DATA payload (0 for raw bytes). */
+  readonly dataHeaderSize: number;
+  /** Writes the DATA header for stream `id` at `frame[0]`; the payload follows it. */
+  writeDataHeader(frame: Uint8Array, id: number): void;
   sendFrame(frame: Uint8Array): void;
-  sendError(connectionId: number, code: ErrorCode, message: string): void;
+  /** The target accepted the connection. */
+  streamOpened(stream: TcpStream): void;
+  /** The stream is ending for `reason` (with a message for the client when it is an error). */
+  streamEnding(stream: TcpStream, reason: CloseReason, message: string | undefined): void;
   /** Called once when the stream has finished. */
   streamFinished(stream: TcpStream): void;
   /** Records a finished stream in the metrics. */
@@ -135,12 +134,12 @@ function describe(err: unknown): string {
 }
 
 /** Maps a failed `Deno.connect` to the ERROR code and reason the client gets. */
-export function connectErrorCode(err: unknown): { code: ErrorCode; reason: CloseReason } {
+export function connectFailure(err: unknown): CloseReason {
   if (err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied) {
     // Deno's --deny-net sandbox refused the address: the policy's second line of defence.
-    return { code: ErrorCode.POLICY_DENIED, reason: "policy_denied" };
+    return "policy_denied";
   }
-  return { code: ErrorCode.CONNECT_FAILED, reason: "connect_failed" };
+  return "connect_failed";
 }
 
 /** One TCP stream of a session. */
@@ -224,11 +223,10 @@ export class TcpStream {
     const sockets = this.#host.sockets;
     if (sockets !== undefined) {
       if (!sockets.tryAcquire()) {
-        this.finish("rate_limited", {
-          code: ErrorCode.RATE_LIMITED,
-          message:
-            `Cannot connect to ${this.destination}: the relay is at its socket limit (${sockets.limit})`,
-        });
+        this.finish(
+          "rate_limited",
+          `Cannot connect to ${this.destination}: the relay is at its socket limit (${sockets.limit})`,
+        );
         return;
       }
       this.#socketHeld = true;
@@ -250,9 +248,9 @@ export class TcpStream {
     } catch (err: unknown) {
       this.#releaseSocket();
       if (this.#closed) return;
-      const { code, reason } = connectErrorCode(err);
+      const reason = connectFailure(err);
       const detail = timedOut ? `timed out after ${this.#host.connectTimeoutMs} ms` : describe(err);
-      this.finish(reason, { code, message: `Cannot connect to ${this.destination}: ${detail}` });
+      this.finish(reason, `Cannot connect to ${this.destination}: ${detail}`);
       return;
     } finally {
       clearTimeout(timer);
@@ -269,7 +267,7 @@ export class TcpStream {
     } catch {
       // A connection reset before we got here surfaces on the first read or write instead.
     }
-    this.#host.sendFrame(encodeOpenAck(this.id));
+    this.#host.streamOpened(this);
     logger.info("stream_open", () => ({
       event: "stream_open",
       sessionId: this.#host.sessionId,
@@ -286,8 +284,10 @@ export class TcpStream {
    */
   async #readLoop(conn: Deno.TcpConn): Promise<void> {
     // The header is the same for every DATA frame of this stream: write it once, read payloads after it.
-    let frame = new Uint8Array(HEADER_SIZE + INITIAL_READ_SIZE);
-    writeHeader(frame, FrameType.DATA, this.id);
+    const header = this.#host.dataHeaderSize;
+    let frame = new Uint8Array(header + INITIAL_READ_SIZE);
+    /** The buffer whose header is written (the header is the same for every DATA frame of this stream). */
+    let headed: Uint8Array | undefined;
     /** How much the next read asks for: grows fourfold while reads fill their buffer. */
     let want = INITIAL_READ_SIZE;
     try {
@@ -296,8 +296,8 @@ export class TcpStream {
           if (!this.#lingering) return;
           // The client closed: discard what the target still sends until its EOF (or the linger bound), so that
           // our close is a FIN after the client's last byte, not a reset that throws the upload away.
-          if (frame.byteLength < HEADER_SIZE + MIN_READ) frame = new Uint8Array(HEADER_SIZE + MIN_READ);
-          if ((await conn.read(frame.subarray(HEADER_SIZE))) === null) {
+          if (frame.byteLength < header + MIN_READ) frame = new Uint8Array(header + MIN_READ);
+          if ((await conn.read(frame.subarray(header))) === null) {
             this.#closeConn();
             return;
           }
@@ -305,20 +305,23 @@ export class TcpStream {
         }
         if (this.#host.congested) {
           // A buffer kept across the wait would pin up to 64 KiB per stream for as long as the client stalls.
-          if (frame.byteLength > HEADER_SIZE + MIN_READ) frame = new Uint8Array(HEADER_SIZE);
+          if (frame.byteLength > header + MIN_READ) frame = new Uint8Array(header);
           await this.#host.waitForDrain();
           continue;
         }
         const size = this.#host.reserveRead(want);
-        const capacity = frame.byteLength - HEADER_SIZE;
+        const capacity = frame.byteLength - header;
         // Keep the buffer unless it is too small, or so large that an idle read would pin memory for nothing.
         if (capacity < size || capacity > 4 * size) {
-          frame = new Uint8Array(HEADER_SIZE + size);
+          frame = new Uint8Array(header + size);
         }
-        if (frame[0] !== FrameType.DATA) writeHeader(frame, FrameType.DATA, this.id);
+        if (frame !== headed) {
+          this.#host.writeDataHeader(frame, this.id);
+          headed = frame;
+        }
         let n: number | null;
         try {
-          n = await conn.read(frame.subarray(HEADER_SIZE, HEADER_SIZE + size));
+          n = await conn.read(frame.subarray(header, header + size));
         } finally {
           this.#host.releaseRead(size);
         }
@@ -331,7 +334,7 @@ export class TcpStream {
         this.#activity++;
         this.#host.countFromTarget(n);
         // The transport copies the bytes, so the buffer is free for the next read at once.
-        this.#host.sendFrame(frame.subarray(0, HEADER_SIZE + n));
+        this.#host.sendFrame(frame.subarray(0, header + n));
         if (n === size && want < READ_SIZE) want = Math.min(READ_SIZE, want * 4);
         const wait = this.#host.reserveDownlink(n);
         if (wait > 0) await (this.#readerSleep ??= new Sleeper()).sleep(wait);
@@ -341,10 +344,7 @@ export class TcpStream {
         this.#closeConn();
         return;
       }
-      this.finish("socket_error", {
-        code: ErrorCode.SOCKET_ERROR,
-        message: `Cannot read from ${this.destination}: ${describe(err)}`,
-      });
+      this.finish("socket_error", `Cannot read from ${this.destination}: ${describe(err)}`);
     }
   }
 
@@ -422,10 +422,7 @@ export class TcpStream {
       }
     } catch (err: unknown) {
       if (this.#closed) return;
-      this.finish("socket_error", {
-        code: ErrorCode.SOCKET_ERROR,
-        message: `Cannot write to ${this.destination}: ${describe(err)}`,
-      });
+      this.finish("socket_error", `Cannot write to ${this.destination}: ${describe(err)}`);
     }
   }
 
@@ -535,17 +532,13 @@ export class TcpStream {
   }
 
   /**
-   * Ends the stream exactly once: optional ERROR, then CLOSE (unless the session is gone), socket closed,
-   * queue released.
+   * Ends the stream exactly once: the wire tells the client (unless the session is gone), the socket is
+   * closed, the queue released. `message` explains an error to the client.
    */
-  finish(reason: CloseReason, error?: { code: ErrorCode; message: string }): void {
+  finish(reason: CloseReason, message?: string): void {
     if (this.#closed) return;
     this.#closed = true;
-    const sessionGone = reason === "session_closed";
-    if (!sessionGone) {
-      if (error !== undefined) this.#host.sendError(this.id, error.code, error.message);
-      this.#host.sendFrame(encodeClose(this.id));
-    }
+    if (reason !== "session_closed") this.#host.streamEnding(this, reason, message);
     this.#dialAbort.abort();
     if (reason === "client_close" && this.#conn !== undefined) this.#linger(this.#conn);
     else this.#closeConn();
@@ -572,7 +565,7 @@ export class TcpStream {
       durationMs: Math.round(durationMs),
       bytesToTarget: this.bytesToTarget,
       bytesFromTarget: this.bytesFromTarget,
-      ...(error === undefined ? {} : { errorCode: error.code, error: error.message }),
+      ...(message === undefined ? {} : { error: message }),
     };
     logger.info("stream_close", fields);
   }
