@@ -33,19 +33,19 @@ const logger = getLogger(["aero-net-proxy", "session"]);
 
 /** The ERROR code for a stream that ends in error, by the core's reason. */
 const ENDING_CODES: Readonly<Partial<Record<CloseReason, ErrorCode>>> = {
-  connect_failed: ErrorCode.CONNECT_FAILED,
-  policy_denied: ErrorCode.POLICY_DENIED,
-  socket_error: ErrorCode.SOCKET_ERROR,
-  backpressure: ErrorCode.BACKPRESSURE,
-  rate_limited: ErrorCode.RATE_LIMITED,
-  internal_error: ErrorCode.INTERNAL_ERROR,
+  "connect_failed": ErrorCode.CONNECT_FAILED,
+  "policy_denied": ErrorCode.POLICY_DENIED,
+  "socket_error": ErrorCode.SOCKET_ERROR,
+  "backpressure": ErrorCode.BACKPRESSURE,
+  "rate_limited": ErrorCode.RATE_LIMITED,
+  "internal_error": ErrorCode.INTERNAL_ERROR,
 };
 
 /** The ERROR code for an OPEN the core refused. */
 const REFUSAL_CODES: Readonly<Record<Refusal, ErrorCode>> = {
-  policy_denied: ErrorCode.POLICY_DENIED,
-  rate_limited: ErrorCode.RATE_LIMITED,
-  invalid: ErrorCode.INVALID_FRAME,
+  "policy_denied": ErrorCode.POLICY_DENIED,
+  "rate_limited": ErrorCode.RATE_LIMITED,
+  "invalid": ErrorCode.INVALID_FRAME,
 };
 
 /** The seed framing, for one session. */
