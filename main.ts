@@ -48,8 +48,10 @@ function readConfigFile(variable: string, path: string): string {
 function warnAboutSandbox(config: Config, logger: ReturnType<typeof getLogger>): void {
   const probes = config.allowPrivateIps ? ["10.0.0.1", "192.168.0.1", "169.254.169.254"] : [];
   probes.push(...config.allowCidrs.map((cidr) => cidr.split("/")[0]!));
+  // Deno's permission API wants IPv6 addresses in brackets.
   const denied = probes.filter((host) =>
-    Deno.permissions.querySync({ name: "net", host }).state === "denied"
+    Deno.permissions.querySync({ name: "net", host: host.includes(":") ? `[${host}]` : host }).state ===
+      "denied"
   );
   if (denied.length > 0) {
     logger.warn("config_warning", {

@@ -5,7 +5,8 @@
  */
 import { parseArgs } from "node:util";
 import ipaddr from "ipaddr.js";
-import { parseCidr } from "./policy/policy.ts";
+import { parseHostPattern } from "./policy/hosts.ts";
+import { parseAnyCidr, parseCidr, parseCidr6 } from "./policy/policy.ts";
 
 /** Log levels accepted by `AERO_PROXY_LOG_LEVEL`. */
 export const LOG_LEVELS = ["trace", "debug", "info", "warning", "error", "fatal"] as const;
@@ -34,6 +35,14 @@ export interface Config {
   readonly denyCidrs: readonly string[];
   /** Empty means every port not denied. */
   readonly allowPorts: readonly number[];
+  /** Target names allowed (exact or `*.domain`); empty means any name not denied. Checked before resolution. */
+  readonly allowHosts: readonly string[];
+  /** Target names always denied (exact or `*.domain`); wins over `allowHosts`. */
+  readonly denyHosts: readonly string[];
+  /** Whether a target may be written as an IP address (false: names only). */
+  readonly allowIpLiterals: boolean;
+  /** How long resolving a target name may take. */
+  readonly dnsTimeoutMs: number;
   /** Defaults to SMTP; only an explicit `none` empties it (a blank value is refused). */
   readonly denyPorts: readonly number[];
   readonly maxStreamsPerSession: number;
@@ -101,6 +110,7 @@ type Kind =
   | "bool"
   | "cidrs"
   | "ports"
+  | "hosts"
   | "count"
   | "autocount"
   | "rate"
@@ -223,7 +233,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     flag: "allow-private-ips",
     kind: "bool",
     default: "0",
-    description: "1 allows private, loopback, link-local and other special IPv4 destinations",
+    description: "1 allows private, loopback, link-local and other special IPv4 and IPv6 destinations",
   },
   {
     key: "allowCidrs",
@@ -231,7 +241,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     flag: "allow-cidrs",
     kind: "cidrs",
     default: "",
-    description: "IPv4 CIDRs allowed even though they are in a denied special range",
+    description: "IPv4 or IPv6 CIDRs allowed even though they are in a denied special range",
   },
   {
     key: "denyCidrs",
@@ -239,7 +249,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     flag: "deny-cidrs",
     kind: "cidrs",
     default: "",
-    description: "IPv4 CIDRs always denied, even with ALLOW_PRIVATE_IPS or ALLOW_CIDRS",
+    description: "IPv4 or IPv6 CIDRs always denied, even with ALLOW_PRIVATE_IPS or ALLOW_CIDRS",
   },
   {
     key: "allowPorts",
@@ -256,6 +266,41 @@ export const OPTIONS: readonly OptionSpec[] = [
     kind: "ports",
     default: "25",
     description: "Destination ports always denied (default: SMTP)",
+  },
+  {
+    key: "allowHosts",
+    env: "AERO_PROXY_ALLOW_HOSTS",
+    flag: "allow-hosts",
+    kind: "hosts",
+    default: "",
+    description:
+      "If set, only these target names (comma-separated, exact or *.domain); IP literals are then refused",
+  },
+  {
+    key: "denyHosts",
+    env: "AERO_PROXY_DENY_HOSTS",
+    flag: "deny-hosts",
+    kind: "hosts",
+    default: "",
+    description:
+      "Target names always denied (comma-separated, exact or *.domain), even if ALLOW_HOSTS lists them",
+  },
+  {
+    key: "allowIpLiterals",
+    env: "AERO_PROXY_ALLOW_IP_LITERALS",
+    flag: "allow-ip-literals",
+    kind: "bool",
+    default: "1",
+    description: "0 refuses targets written as IP addresses (names only)",
+  },
+  {
+    key: "dnsTimeoutMs",
+    env: "AERO_PROXY_DNS_TIMEOUT_MS",
+    flag: "dns-timeout-ms",
+    kind: "count",
+    default: "5000",
+    description: "How long resolving a target name may take before the target is refused",
+    max: MAX_TIMER_MS,
   },
   {
     key: "maxStreamsPerSession",
@@ -596,11 +641,23 @@ function formatIpv4(value: number): string {
  */
 export function cidrNetworkIfHostBitsSet(text: string): string | undefined {
   const cidr = parseCidr(text);
-  if (cidr === undefined) return undefined;
+  if (cidr === undefined) return ipv6NetworkIfHostBitsSet(text);
   const [address = "", prefix = "32"] = cidr.text.split("/");
   const octets = ipaddr.IPv4.parse(address).octets;
   const value = ((octets[0]! << 24) | (octets[1]! << 16) | (octets[2]! << 8) | octets[3]!) >>> 0;
   return value === cidr.network ? undefined : `${formatIpv4(cidr.network)}/${Number(prefix)}`;
+}
+
+/** {@linkcode cidrNetworkIfHostBitsSet} for an IPv6 CIDR: `fc00::1/7` gives `fc00::/7`. */
+function ipv6NetworkIfHostBitsSet(text: string): string | undefined {
+  const cidr = parseCidr6(text);
+  if (cidr === undefined) return undefined;
+  const [address = ""] = cidr.text.split("/");
+  const full = parseCidr6(address);
+  if (full === undefined || full.network === cidr.network) return undefined;
+  const bytes: number[] = [];
+  for (let i = 15; i >= 0; i--) bytes.push(Number((cidr.network >> BigInt(i * 8)) & 0xffn));
+  return `${ipaddr.fromByteArray(bytes).toString()}/${cidr.prefix}`;
 }
 
 /**
@@ -612,7 +669,7 @@ export function autoMaxSockets(openFileLimit: number): number {
 }
 
 /** Kinds that are lists and accept `none` for the empty list. */
-const NONE_KINDS: ReadonlySet<Kind> = new Set(["cidrs", "ports"]);
+const NONE_KINDS: ReadonlySet<Kind> = new Set(["cidrs", "ports", "hosts"]);
 
 /** Converts one option's text to its value, or returns an error sentence. */
 function convert(spec: OptionSpec, text: string): { value: unknown } | { problem: string } {
@@ -674,20 +731,33 @@ function convert(spec: OptionSpec, text: string): { value: unknown } | { problem
     case "cidrs": {
       const cidrs = splitList(text);
       for (const cidr of cidrs) {
-        if (parseCidr(cidr) === undefined) {
-          return bad("comma-separated IPv4 CIDRs such as 10.0.0.0/8, or none");
+        if (parseAnyCidr(cidr) === undefined) {
+          return bad("comma-separated IPv4 CIDRs such as 10.0.0.0/8 or IPv6 CIDRs such as fc00::/7, or none");
         }
         const network = cidrNetworkIfHostBitsSet(cidr);
         if (network !== undefined) {
-          const [address] = cidr.split("/");
+          const [address = ""] = cidr.split("/");
+          const single = `${address}/${address.includes(":") ? 128 : 32}`;
           return {
             problem:
               `${spec.env} must list network addresses, but ${JSON.stringify(cidr)} has host bits set: ` +
-              `did you mean ${network}? (or ${address}/32 for that one address)`,
+              `did you mean ${network}? (or ${single} for that one address)`,
           };
         }
       }
       return { value: cidrs };
+    }
+    case "hosts": {
+      const patterns = splitList(text);
+      for (const pattern of patterns) {
+        if (parseHostPattern(pattern) === undefined) {
+          return {
+            problem: `${spec.env} must list host names or *.domain patterns (addresses belong in the CIDR ` +
+              `lists), got ${JSON.stringify(pattern)}`,
+          };
+        }
+      }
+      return { value: patterns.map((p) => p.toLowerCase()) };
     }
     case "ports": {
       const ports = parsePortList(text);

@@ -357,3 +357,74 @@ Deno.test({ name: "connection, header, message and queue limits", permissions: "
     assert.equal(autoMaxSockets(64), 1);
   });
 });
+
+Deno.test({ name: "IPv6 CIDRs in ALLOW_CIDRS and DENY_CIDRS", permissions: "none" }, async (t) => {
+  await t.step("IPv6 and IPv4 CIDRs mix", () => {
+    const c = config({
+      AERO_PROXY_ALLOW_CIDRS: "fd12:3456::/32, ::1/128, 10.0.0.0/8, ::1",
+      AERO_PROXY_DENY_CIDRS: "2001:db8::/32,64:ff9b::/96",
+    });
+    assert.deepEqual(c.allowCidrs, ["fd12:3456::/32", "::1/128", "10.0.0.0/8", "::1"]);
+    assert.deepEqual(c.denyCidrs, ["2001:db8::/32", "64:ff9b::/96"]);
+    assert.deepEqual(config({}, ["--deny-cidrs=fc00::/7"]).denyCidrs, ["fc00::/7"]);
+  });
+  await t.step("host bits set in an IPv6 CIDR are an error naming the network", () => {
+    assert.match(
+      problem({ AERO_PROXY_ALLOW_CIDRS: "fd12:3456::1/32" }),
+      /^AERO_PROXY_ALLOW_CIDRS must list network addresses, but "fd12:3456::1\/32" has host bits set: did you mean fd12:3456::\/32\? \(or fd12:3456::1\/128 for that one address\)$/,
+    );
+    assert.equal(cidrNetworkIfHostBitsSet("fc00::1/7"), "fc00::/7");
+    assert.equal(cidrNetworkIfHostBitsSet("fc00::/7"), undefined);
+    assert.equal(cidrNetworkIfHostBitsSet("::1"), undefined);
+  });
+  await t.step("malformed IPv6 CIDRs are refused", () => {
+    for (const text of ["fc00::/129", "[fc00::]/7", "fe80::%eth0/10", "fc00:::/7", "::ffff:010.0.0.0/104"]) {
+      assert.match(
+        problem({ AERO_PROXY_DENY_CIDRS: text }),
+        /DENY_CIDRS must be comma-separated IPv4 CIDRs.*IPv6/,
+        text,
+      );
+    }
+  });
+});
+
+Deno.test({ name: "host lists, IP literals and the DNS timeout", permissions: "none" }, async (t) => {
+  await t.step("defaults: any name, IP literals allowed, 5 s to resolve", () => {
+    const c = defaultConfig();
+    assert.deepEqual([c.allowHosts, c.denyHosts, c.allowIpLiterals, c.dnsTimeoutMs], [[], [], true, 5000]);
+  });
+  await t.step("lists of exact names and *.domain patterns, lower-cased", () => {
+    const c = config({
+      AERO_PROXY_ALLOW_HOSTS: "Example.com, *.Example.net",
+      AERO_PROXY_DENY_HOSTS: "admin.example.net",
+      AERO_PROXY_ALLOW_IP_LITERALS: "0",
+      AERO_PROXY_DNS_TIMEOUT_MS: "250",
+    });
+    assert.deepEqual(c.allowHosts, ["example.com", "*.example.net"]);
+    assert.deepEqual(c.denyHosts, ["admin.example.net"]);
+    assert.equal(c.allowIpLiterals, false);
+    assert.equal(c.dnsTimeoutMs, 250);
+    const f = config({}, ["--deny-hosts=*.corp", "--allow-ip-literals=false", "--dns-timeout-ms=1"]);
+    assert.deepEqual([f.denyHosts, f.allowIpLiterals, f.dnsTimeoutMs], [["*.corp"], false, 1]);
+    assert.deepEqual(config({ AERO_PROXY_DENY_HOSTS: "none" }).denyHosts, []);
+  });
+  await t.step("bad entries are refused, naming the entry", () => {
+    for (const text of ["*", "a.*.com", "10.0.0.1", "::1", "exa_mple.com", "*example.com"]) {
+      assert.match(
+        problem({ AERO_PROXY_DENY_HOSTS: text }),
+        new RegExp(
+          `^AERO_PROXY_DENY_HOSTS must list host names or \\*\\.domain patterns .*got ${
+            JSON.stringify(text).replaceAll("*", "\\*").replaceAll(".", "\\.")
+          }$`,
+        ),
+        text,
+      );
+    }
+    assert.match(problem({}, ["--allow-hosts=1.2.3.4"]), /^--allow-hosts must list host names/);
+    assert.match(problem({ AERO_PROXY_ALLOW_IP_LITERALS: "yes" }), /ALLOW_IP_LITERALS must be 1 or 0/);
+    assert.match(
+      problem({ AERO_PROXY_DNS_TIMEOUT_MS: "0" }),
+      /DNS_TIMEOUT_MS must be a positive integer up to 2147483647/,
+    );
+  });
+});

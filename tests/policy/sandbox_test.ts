@@ -1,12 +1,13 @@
 import assert from "node:assert/strict";
 import denoJson from "../../deno.json" with { type: "json" };
-import { createPolicy, parseCidr } from "../../src/policy/policy.ts";
+import { createPolicy, parseAddress, parseCidr, SPECIAL_RANGES_V6 } from "../../src/policy/policy.ts";
 import { cidrsExcept, LISTEN_ADDRESSES, sandboxDenyList } from "../../src/policy/sandbox.ts";
 
 const ip = (text: string) => text.split(".").map(Number);
+/** Whether an IPv4 address is covered by the IPv4 entries of `list` (IPv6 entries are bracketed addresses). */
 const inList = (list: string[], address: string) => {
   const value = ip(address).reduce((acc, b) => ((acc << 8) | b) >>> 0, 0);
-  return list.some((text) => {
+  return list.filter((text) => !text.startsWith("[")).some((text) => {
     const cidr = parseCidr(text)!;
     return ((value & cidr.mask) >>> 0) === cidr.network;
   });
@@ -62,7 +63,25 @@ Deno.test({
     const denied = !policy(ip(address), 443).allowed;
     assert.equal(inList(list, address), denied, address);
   }
-  for (const address of LISTEN_ADDRESSES) assert.equal(inList(list, address), false, address);
+  for (const address of LISTEN_ADDRESSES.filter((a) => !a.includes(":"))) {
+    assert.equal(inList(list, address), false, address);
+  }
+});
+
+Deno.test({
+  name: "sandboxDenyList() holds the single-address IPv6 ranges as bracketed addresses, and no IPv6 CIDR",
+  permissions: "none",
+}, () => {
+  const v6 = sandboxDenyList().filter((text) => text.includes(":"));
+  // Deno 2.9.6 refuses IPv6 CIDRs in --deny-net; only `[addr]` works. `::` is a listen address, left open.
+  assert.deepEqual(v6, ["[::1]"]);
+  for (const entry of v6) {
+    assert.match(entry, /^\[[0-9a-f:]+\]$/);
+    assert.ok(parseAddress(entry.slice(1, -1)) !== undefined, entry);
+  }
+  assert.ok(LISTEN_ADDRESSES.includes("::"));
+  const singles = SPECIAL_RANGES_V6.filter((r) => r.prefix === 128).map((r) => r.text);
+  assert.deepEqual(singles, ["::/128", "::1/128"]);
 });
 
 Deno.test({ name: "cidrsExcept() leaves exactly one hole", permissions: "none" }, () => {

@@ -233,3 +233,95 @@ Deno.test({ name: "property: ambiguous written forms never reach a CIDR rule", p
     { numRuns: RUNS },
   );
 });
+
+/**
+ * IPv6 (issue 12): the special-purpose ranges written out again, as (first 16-bit groups, prefix length), so
+ * that the test does not trust the table it checks. Source: the IANA IPv6 special-purpose registry.
+ */
+const REFERENCE_RANGES_V6: readonly (readonly [readonly number[], number])[] = [
+  [[0x64, 0xff9b, 0x1], 48],
+  [[0x100, 0, 0, 0], 64],
+  [[0x2001, 0], 23],
+  [[0x2001, 0xdb8], 32],
+  [[0x2002], 16],
+  [[0x3fff], 20],
+  [[0xfc00], 7],
+  [[0xfe80], 10],
+  [[0xfec0], 10],
+  [[0xff00], 8],
+];
+
+/** 16 bytes from eight 16-bit groups. */
+function bytesOfGroups(groups: readonly number[]): number[] {
+  return groups.flatMap((g) => [g >>> 8, g & 0xff]);
+}
+
+const group = fc.integer({ min: 0, max: 0xffff });
+const groups = fc.array(group, { minLength: 8, maxLength: 8 });
+/** An address inside one of the IPv6 special ranges: the range's prefix bits, random host bits. */
+const specialAddressV6 = fc.tuple(fc.constantFrom(...REFERENCE_RANGES_V6), groups).map(
+  ([[head, prefix], rest]) => {
+    const out = [...rest];
+    for (let bit = 0; bit < prefix; bit++) {
+      const i = Math.floor(bit / 16);
+      const mask = 0x8000 >>> (bit % 16);
+      const want = ((head[i] ?? 0) & mask) !== 0;
+      out[i] = want ? out[i]! | mask : out[i]! & ~mask & 0xffff;
+    }
+    return bytesOfGroups(out);
+  },
+);
+
+Deno.test({
+  name: "property: no special-purpose IPv6 address is allowed by a strict policy",
+  permissions: "none",
+}, () => {
+  fc.assert(
+    fc.property(strictOptions, specialAddressV6, port, (options, bytes, p) => {
+      assert.equal(createPolicy(options)(bytes, p).allowed, false, bytes.join(","));
+    }),
+    { numRuns: RUNS },
+  );
+});
+
+Deno.test({
+  name: "property: an IPv4 address written as mapped, compatible or NAT64 IPv6 is judged as the IPv4 address",
+  permissions: "none",
+}, () => {
+  const policies = [
+    createPolicy({ allowPrivateIps: false, allowCidrs: [], denyCidrs: [], allowPorts: [], denyPorts: [25] }),
+    createPolicy({
+      allowPrivateIps: true,
+      allowCidrs: [],
+      denyCidrs: ["10.0.0.0/8"],
+      allowPorts: [],
+      denyPorts: [],
+    }),
+    createPolicy({
+      allowPrivateIps: false,
+      allowCidrs: ["192.168.0.0/16"],
+      denyCidrs: ["8.8.0.0/16"],
+      allowPorts: [],
+      denyPorts: [],
+    }),
+  ];
+  const prefixes = [
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff],
+    [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0],
+  ];
+  fc.assert(
+    fc.property(fc.oneof(address, specialAddress), port, fc.constantFrom(...prefixes), (a, p, prefix) => {
+      const v4 = bytesOf(a);
+      const v6 = [...prefix, ...v4];
+      for (const policy of policies) assert.equal(policy(v6, p).allowed, policy(v4, p).allowed, v4.join("."));
+      // IPv4-compatible (::a.b.c.d) too, except :: and ::1, which are denied as themselves.
+      const compat = [...new Array(12).fill(0), ...v4];
+      if (a > 1) {
+        for (const policy of policies) {
+          assert.equal(policy(compat, p).allowed, policy(v4, p).allowed, `::${v4.join(".")}`);
+        }
+      }
+    }),
+    { numRuns: RUNS },
+  );
+});
