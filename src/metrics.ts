@@ -7,7 +7,6 @@
  */
 import process from "node:process";
 import client from "prom-client";
-import { ERROR_CODE_NAMES } from "./protocol/mod.ts";
 
 const DURATION_BUCKETS = [0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 1800, 3600];
 const CONNECT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -50,7 +49,7 @@ export class Metrics {
   readonly rejectedUpgrades = new Map<string, number>();
   readonly rateLimited = new Map<string, number>();
   /** ERROR frames sent, by code. */
-  readonly errorsSent = new Map<number, number>();
+  readonly errorsSent = new Map<string, number>();
   /** Streams ended, by reason. */
   readonly streamsClosed = new Map<string, number>();
   /** Connections the listener turned away or dropped before their request was answered, by kind. */
@@ -216,7 +215,6 @@ export class Metrics {
       "ERROR frames sent, by code name",
       "code",
       m.errorsSent,
-      (code) => ERROR_CODE_NAMES[code] ?? String(code),
     );
     counter(
       "aero_proxy_backpressure_pauses_total",

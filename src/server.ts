@@ -9,11 +9,20 @@ import { autoMaxSockets, type Config } from "./config.ts";
 import { demoResponse, isDemoPath } from "./demo/mod.ts";
 import { forwardedClientIp } from "./forwarded.ts";
 import { Metrics } from "./metrics.ts";
+import { createHostPolicy } from "./policy/hosts.ts";
 import { createPolicy } from "./policy/policy.ts";
-import { MUX_PATH, MUX_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX } from "./protocol/mod.ts";
+import {
+  type Resolver,
+  resolveTarget,
+  systemResolver,
+  type Target,
+  type TargetResult,
+} from "./core/target.ts";
+import { AERO_MUX_SUBPROTOCOL, MUX_PATH, MUX_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX } from "./protocol/mod.ts";
 import { CLOSE_GOING_AWAY, Session } from "./core/session.ts";
 import type { Dial } from "./core/stream.ts";
 import { type ConnInfo, HandshakeError, listen, upgradeWebSocket } from "./transport/listener.ts";
+import { AeroMuxWire } from "./wire/aero_mux_v1.ts";
 import { SeedWire } from "./wire/seed_v1.ts";
 
 const logger = getLogger(["aero-net-proxy", "server"]);
@@ -30,6 +39,8 @@ const FALLBACK_MAX_SOCKETS = 4096;
 export interface RelayDeps {
   readonly metrics?: Metrics;
   readonly dial?: Dial;
+  /** Resolves target names; default: the system resolver (tests use a seam to make names say anything). */
+  readonly resolve?: Resolver;
   /** The socket budget; default: `config.maxSockets`, or a fixed fallback when that is auto. */
   readonly sockets?: SocketBudget;
 }
@@ -98,6 +109,7 @@ export class Relay {
   readonly #tokens: TokenSet;
   readonly #policy;
   readonly #dial: Dial;
+  readonly #resolveTarget: (target: Target, signal: AbortSignal) => Promise<TargetResult>;
   readonly #sessions = new Set<Session>();
   readonly #sessionsPerIp = new Map<string, number>();
   /** Sockets of sessions the relay has ended whose close handshake is still pending, per IP and in total. */
@@ -119,6 +131,13 @@ export class Relay {
     this.metrics = deps.metrics ?? new Metrics();
     this.#tokens = new TokenSet(config.authTokens);
     this.#policy = createPolicy(config);
+    const targetDeps = {
+      addressPolicy: this.#policy,
+      hostPolicy: createHostPolicy(config),
+      resolve: deps.resolve ?? systemResolver,
+      timeoutMs: config.dnsTimeoutMs,
+    };
+    this.#resolveTarget = (target, signal) => resolveTarget(target, { ...targetDeps, signal });
     this.#dial = deps.dial ?? ((options) => Deno.connect({ ...options, transport: "tcp" }));
     this.#allowAnyOrigin = config.allowedOrigins.includes("*");
     this.#origins = new Set(config.allowedOrigins);
@@ -207,8 +226,18 @@ export class Relay {
     }
     const offered = offeredSubprotocols(request.headers);
     const tokenInProtocol = offered.some((p) => p.startsWith(TOKEN_SUBPROTOCOL_PREFIX));
-    if (tokenInProtocol && !offered.includes(MUX_SUBPROTOCOL)) {
+    // Which framing: the seed's subprotocol (or none at all) is the seed framing; aero-tcp-mux-v1 is Aero's.
+    let framing: "seed" | "aero" = "seed";
+    let protocol: string | undefined;
+    if (offered.includes(MUX_SUBPROTOCOL)) {
+      protocol = MUX_SUBPROTOCOL;
+    } else if (offered.includes(AERO_MUX_SUBPROTOCOL) && !tokenInProtocol) {
+      framing = "aero";
+      protocol = AERO_MUX_SUBPROTOCOL;
+    } else if (tokenInProtocol) {
       // The relay never echoes the secret entry, and a browser fails a handshake that selects nothing it offered.
+      // Clients before 0.2 paired the token with aero-tcp-mux-v1 while speaking the seed framing; that name now
+      // means Aero's framing, so they are told to upgrade rather than be answered in the wrong protocol.
       return text(400, `Bad Request: offer the "${MUX_SUBPROTOCOL}" subprotocol beside the token`);
     }
 
@@ -235,7 +264,7 @@ export class Relay {
         keepaliveMs: this.config.wsKeepaliveS * 1000,
         closeTimeoutMs: CLOSE_HANDSHAKE_MS,
         heldBudget: this.#assembly,
-        ...(offered.includes(MUX_SUBPROTOCOL) ? { protocol: MUX_SUBPROTOCOL } : {}),
+        ...(protocol === undefined ? {} : { protocol }),
       });
     } catch (err: unknown) {
       if (!(err instanceof HandshakeError)) throw err;
@@ -264,7 +293,9 @@ export class Relay {
       clientIp,
       sockets: this.#sockets,
       queue: this.#queue,
-      wire: (session) => new SeedWire(session),
+      resolveTarget: this.#resolveTarget,
+      wire: (session) =>
+        framing === "aero" ? new AeroMuxWire(session, this.config.maxFrameBytes) : new SeedWire(session),
       onClose: released,
     });
     this.#sessions.add(session);

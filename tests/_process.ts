@@ -13,6 +13,17 @@ export interface SpawnOptions {
   readonly task?: StartTask;
   /** Extra Deno flags, such as `--deny-net=127.0.0.2`. */
   readonly denoFlags?: string[];
+  /**
+   * Runs the start command as `sh -c 'ulimit -n N && exec "$0" "$@"' deno args...`: only the relay runs with this
+   * open-file limit (soft and hard), and its pid stays the relay's own (`exec` replaces the shell).
+   */
+  readonly openFiles?: number;
+  /** The checkout whose `main.ts` runs (the working directory of the relay). @default this one */
+  readonly relayDir?: string | undefined;
+  /** Keeps only the most recent log lines (between half this and this many): a flood must not grow the test. */
+  readonly maxLogLines?: number;
+  /** Keeps only the last this many characters of stderr. */
+  readonly maxStderrChars?: number;
 }
 
 /**
@@ -42,6 +53,8 @@ export interface RelayProcess extends AsyncDisposable {
   stderr(): string;
   kill(signal?: Deno.Signal): void;
   readonly status: Promise<Deno.CommandStatus>;
+  /** The exit status once the process ended, `undefined` while it runs. */
+  exited(): Deno.CommandStatus | undefined;
 }
 
 /** Everything a finished process printed. */
@@ -72,8 +85,15 @@ export async function spawnRelay(
   options: SpawnOptions = {},
 ): Promise<RelayProcess> {
   const { cmd, args: base } = startCommand(options.task, options.denoFlags);
-  const child = new Deno.Command(cmd, {
-    args: [...base, ...args],
+  const { openFiles, relayDir, maxLogLines = Infinity, maxStderrChars = Infinity } = options;
+  if (openFiles !== undefined && (!Number.isInteger(openFiles) || openFiles < 64)) {
+    throw new RangeError(`Cannot limit the relay to ${openFiles} descriptors: expected an integer >= 64`);
+  }
+  const child = new Deno.Command(openFiles === undefined ? cmd : "sh", {
+    args: openFiles === undefined
+      ? [...base, ...args]
+      : ["-c", `ulimit -n ${openFiles} && exec "$0" "$@"`, cmd, ...base, ...args],
+    ...(relayDir === undefined ? {} : { cwd: relayDir }),
     env: { NO_COLOR: "1", AERO_PROXY_PORT: "0", ...env },
     stdin: "null",
     stdout: "piped",
@@ -81,6 +101,7 @@ export async function spawnRelay(
   }).spawn();
   const logs: Record<string, unknown>[] = [];
   let stderrText = "";
+  let exitStatus: Deno.CommandStatus | undefined;
   const { promise: listening, resolve, reject } = Promise.withResolvers<number>();
   const readStdout = (async () => {
     let carry = "";
@@ -92,6 +113,7 @@ export async function spawnRelay(
         carry = carry.slice(newline + 1);
         try {
           const record = JSON.parse(line) as Record<string, unknown>;
+          if (logs.length >= maxLogLines) logs.splice(0, Math.ceil(maxLogLines / 2));
           logs.push(record);
           const props = record.properties as Record<string, unknown> | undefined;
           if (props?.event === "listening") resolve(props.port as number);
@@ -100,9 +122,13 @@ export async function spawnRelay(
     }
   })();
   const readStderr = (async () => {
-    for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) stderrText += text;
+    for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) {
+      stderrText += text;
+      if (stderrText.length > maxStderrChars) stderrText = stderrText.slice(-maxStderrChars);
+    }
   })();
   const status = child.status.then(async (s) => {
+    exitStatus = s;
     await Promise.all([readStdout, readStderr]);
     reject(new Error(`Relay exited with ${s.code} before listening: ${stderrText}`));
     return s;
@@ -135,6 +161,7 @@ export async function spawnRelay(
     stderr: () => stderrText,
     status,
     kill,
+    exited: () => exitStatus,
     async [Symbol.asyncDispose]() {
       if (!killed) kill("SIGTERM");
       const timeout = setTimeout(() => kill("SIGKILL"), 5000);

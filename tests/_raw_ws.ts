@@ -15,6 +15,19 @@ export interface RawFrame {
   readonly payload: Uint8Array;
 }
 
+/**
+ * The payload length of the frame at the start of `b` and where the rest of its header (the masking key, if the
+ * mask bit is set) starts; `undefined` until the whole length field has arrived.
+ */
+export function payloadAt(b: Uint8Array): { length: number; offset: number } | undefined {
+  if (b.byteLength < 2) return undefined;
+  const view = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const short = b[1]! & 0x7f;
+  if (short < 126) return { length: short, offset: 2 };
+  if (short === 126) return b.byteLength < 4 ? undefined : { length: view.getUint16(2), offset: 4 };
+  return b.byteLength < 10 ? undefined : { length: Number(view.getBigUint64(2)), offset: 10 };
+}
+
 export class RawWebSocket implements AsyncDisposable {
   readonly conn: Deno.Conn;
   #buffer: Uint8Array = new Uint8Array(0);
@@ -133,19 +146,9 @@ export class RawWebSocket implements AsyncDisposable {
 
   #parse(): RawFrame | undefined {
     const b = this.#buffer;
-    if (b.byteLength < 2) return undefined;
-    let length = b[1]! & 0x7f;
-    let offset = 2;
-    const view = new DataView(b.buffer, b.byteOffset, b.byteLength);
-    if (length === 126) {
-      if (b.byteLength < 4) return undefined;
-      length = view.getUint16(2);
-      offset = 4;
-    } else if (length === 127) {
-      if (b.byteLength < 10) return undefined;
-      length = Number(view.getBigUint64(2));
-      offset = 10;
-    }
+    const at = payloadAt(b);
+    if (at === undefined) return undefined;
+    const { length, offset } = at;
     if (b.byteLength < offset + length) return undefined;
     const frame = { opcode: b[0]! & 0x0f, payload: b.slice(offset, offset + length) };
     this.#buffer = b.subarray(offset + length);

@@ -17,6 +17,8 @@ import {
 import { type RunningRelay, serveRelay } from "../src/server.ts";
 
 export const TOKEN = "test-token-0123456789abcdef";
+export const KIB = 1024;
+export const MIB = 1024 * KIB;
 export const LOOPBACK = [127, 0, 0, 1] as const;
 
 /** A relay in this process on a free port, loopback destinations allowed. */
@@ -149,11 +151,10 @@ export function startSourceServer(total: number, seed?: number): TcpServer & { r
       left -= chunk.byteLength;
     }
   });
-  return Object.assign(server, {
-    get sent() {
-      return sent;
-    },
-  });
+  // A getter, not Object.assign: that would copy the value once, and `sent` would read 0 forever.
+  return Object.defineProperty(server, "sent", { get: () => sent, enumerable: true }) as
+    & TcpServer
+    & { readonly sent: number };
 }
 
 /** Accepts connections and reads nothing until disposed (a target that stopped reading). */
@@ -393,6 +394,63 @@ export async function procStats(pid: number = Deno.pid): Promise<{ rss: number; 
   return { rss: rss * 1024, fds };
 }
 
+/** Samples a process's RSS and open file descriptors in the background until stopped; keeps the peaks. */
+export class StatsSampler implements AsyncDisposable {
+  peakRss = 0;
+  peakFds = 0;
+  lastRss = 0;
+  lastFds = 0;
+  samples = 0;
+  readonly #loop: Promise<void>;
+  #stopped = false;
+
+  constructor(pid: number, intervalMs = 50) {
+    this.#loop = (async () => {
+      while (!this.#stopped) {
+        try {
+          const { rss, fds } = await procStats(pid);
+          this.lastRss = rss;
+          this.lastFds = fds;
+          this.peakRss = Math.max(this.peakRss, rss);
+          this.peakFds = Math.max(this.peakFds, fds);
+          this.samples++;
+        } catch {
+          return; // the process exited between two samples
+        }
+        await delay(intervalMs);
+      }
+    })();
+  }
+
+  /** Stops sampling and waits for the last sample. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    await this.#loop;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.stop();
+  }
+}
+
+/** `bytes` as mebibytes with one decimal. */
+export function mib(bytes: number): string {
+  return (bytes / MIB).toFixed(1);
+}
+
+/** Polls `check` every `intervalMs` until it holds or `timeoutMs` passes; returns whether it held. */
+export async function waitUntil(
+  check: () => boolean | Promise<boolean>,
+  options: { timeoutMs: number; intervalMs?: number },
+): Promise<boolean> {
+  const deadline = performance.now() + options.timeoutMs;
+  for (;;) {
+    if (await check()) return true;
+    if (performance.now() >= deadline) return false;
+    await delay(options.intervalMs ?? 20);
+  }
+}
+
 /** Resident set size of a process, in bytes. */
 export async function rssOf(pid: number = Deno.pid): Promise<number> {
   return (await procStats(pid)).rss;
@@ -418,6 +476,49 @@ export function expectError(frame: ServerFrame, code: number, pattern?: RegExp):
   if (frame.type !== FrameType.ERROR) return;
   assert.equal(frame.code, code, frame.message);
   if (pattern !== undefined) assert.match(frame.message, pattern);
+}
+
+/** A self-signed certificate for 127.0.0.1 in a temporary directory; disposing removes the directory. */
+export interface TestCertificate extends AsyncDisposable {
+  readonly dir: string;
+  readonly certFile: string;
+  readonly keyFile: string;
+  /** PEM text of the certificate and of its key. */
+  readonly cert: string;
+  readonly key: string;
+}
+
+/**
+ * Makes a one-day self-signed RSA certificate for `IP:127.0.0.1` with openssl, in a new temporary directory
+ * named with `prefix`. Resolves `undefined`, and reports the skip, when openssl is not installed.
+ */
+export async function makeCertificate(prefix = "aero-tls-"): Promise<TestCertificate | undefined> {
+  if (!(await hasCommand("openssl", ["version"]))) {
+    report("skipped: openssl is not installed");
+    return undefined;
+  }
+  const dir = await Deno.makeTempDir({ prefix });
+  const remove = () => Deno.remove(dir, { recursive: true });
+  try {
+    const certFile = `${dir}/cert.pem`;
+    const keyFile = `${dir}/key.pem`;
+    const made = await new Deno.Command("openssl", {
+      args: [
+        ...["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"],
+        ...["-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"],
+        ...["-keyout", keyFile, "-out", certFile],
+      ],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    assert.ok(made.success, new TextDecoder().decode(made.stderr));
+    const cert = await Deno.readTextFile(certFile);
+    const key = await Deno.readTextFile(keyFile);
+    return { dir, certFile, keyFile, cert, key, [Symbol.asyncDispose]: remove };
+  } catch (err: unknown) {
+    await remove();
+    throw err;
+  }
 }
 
 /** Whether a command is installed (runs `name args` and checks it succeeds). */

@@ -10,8 +10,8 @@ import { runToEnd, spawnRelay, startCommand } from "./_process.ts";
 import { RawWebSocket } from "./_raw_ws.ts";
 import {
   delay,
-  hasCommand,
   LOOPBACK,
+  makeCertificate,
   MuxClient,
   muxUrl,
   report,
@@ -186,71 +186,40 @@ Deno.test("graceful shutdown ends early when the last session leaves; a second s
 });
 
 Deno.test("TLS: wss:// and https:// with a certificate made at test time", async (t) => {
-  if (!(await hasCommand("openssl", ["version"]))) {
-    report("skipped: openssl is not installed");
-    return;
-  }
-  const dir = await Deno.makeTempDir({ prefix: "aero-tls-" });
-  try {
-    const made = await new Deno.Command("openssl", {
-      args: [
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-addext",
-        "subjectAltName=IP:127.0.0.1",
-        "-addext",
-        "basicConstraints=critical,CA:FALSE",
-        "-keyout",
-        `${dir}/key.pem`,
-        "-out",
-        `${dir}/cert.pem`,
-      ],
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    assert.ok(made.success, new TextDecoder().decode(made.stderr));
-    const cert = await Deno.readTextFile(`${dir}/cert.pem`);
-    await using echo = startEchoServer();
-    await using relay = await spawnRelay(
-      {
-        AERO_PROXY_AUTH_TOKEN: TOKEN,
-        AERO_PROXY_ALLOW_PRIVATE_IPS: "1",
-        AERO_PROXY_TLS_CERT_FILE: `${dir}/cert.pem`,
-        AERO_PROXY_TLS_KEY_FILE: `${dir}/key.pem`,
-      },
-      [],
-      { denoFlags: [`--allow-read=${dir}`] },
-    );
-    const listening = relay.logs.find((r) => (r.properties as Record<string, unknown>).event === "listening");
-    assert.match(String((listening?.properties as Record<string, unknown>).url), /^wss:\/\//);
-    await t.step("https /healthz", async () => {
-      using client = Deno.createHttpClient({ caCerts: [cert] });
-      const response = await fetch(`https://127.0.0.1:${relay.port}/healthz`, { client });
-      assert.equal(await response.text(), "ok\n");
+  await using tls = await makeCertificate("aero-tls-");
+  if (tls === undefined) return;
+  const { cert } = tls;
+  await using echo = startEchoServer();
+  await using relay = await spawnRelay(
+    {
+      AERO_PROXY_AUTH_TOKEN: TOKEN,
+      AERO_PROXY_ALLOW_PRIVATE_IPS: "1",
+      AERO_PROXY_TLS_CERT_FILE: tls.certFile,
+      AERO_PROXY_TLS_KEY_FILE: tls.keyFile,
+    },
+    [],
+    { denoFlags: [`--allow-read=${tls.dir}`] },
+  );
+  const listening = relay.logs.find((r) => (r.properties as Record<string, unknown>).event === "listening");
+  assert.match(String((listening?.properties as Record<string, unknown>).url), /^wss:\/\//);
+  await t.step("https /healthz", async () => {
+    using client = Deno.createHttpClient({ caCerts: [cert] });
+    const response = await fetch(`https://127.0.0.1:${relay.port}/healthz`, { client });
+    assert.equal(await response.text(), "ok\n");
+  });
+  await t.step("a wss:// session relays", async () => {
+    await using ws = await RawWebSocket.connect(relay.port, `/tcp-mux?token=${TOKEN}`, {}, {
+      tls: { caCerts: [cert] },
     });
-    await t.step("a wss:// session relays", async () => {
-      await using ws = await RawWebSocket.connect(relay.port, `/tcp-mux?token=${TOKEN}`, {}, {
-        tls: { caCerts: [cert] },
-      });
-      await ws.send(encodeOpen(1, LOOPBACK, echo.port));
-      assert.equal((await ws.read())?.payload[0], FrameType.OPEN);
-      await ws.send(new Uint8Array([2, 0, 0, 0, 1, 42]));
-      const data = await ws.read();
-      assert.deepEqual(data?.payload, new Uint8Array([2, 0, 0, 0, 1, 42]));
-    });
-    await t.step("plain ws:// to the TLS port fails", async () => {
-      await assert.rejects(RawWebSocket.connect(relay.port, `/tcp-mux?token=${TOKEN}`));
-    });
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+    await ws.send(encodeOpen(1, LOOPBACK, echo.port));
+    assert.equal((await ws.read())?.payload[0], FrameType.OPEN);
+    await ws.send(new Uint8Array([2, 0, 0, 0, 1, 42]));
+    const data = await ws.read();
+    assert.deepEqual(data?.payload, new Uint8Array([2, 0, 0, 0, 1, 42]));
+  });
+  await t.step("plain ws:// to the TLS port fails", async () => {
+    await assert.rejects(RawWebSocket.connect(relay.port, `/tcp-mux?token=${TOKEN}`));
+  });
 });
 
 Deno.test("TLS needs both files, readable", async () => {

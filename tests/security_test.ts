@@ -62,24 +62,33 @@ Deno.test("tokens: several at once for rotation, by query, Bearer header or subp
   });
   await t.step("subprotocol form: the relay echoes only the non-secret protocol", async () => {
     await using client = await MuxClient.connect(muxUrl(relay.port, null), [
-      "aero-tcp-mux-v1",
+      "aero-seed-mux-v1",
       `aero-token.${TOKEN}`,
     ]);
-    assert.equal(client.ws.protocol, "aero-tcp-mux-v1");
+    assert.equal(client.ws.protocol, "aero-seed-mux-v1");
     await echoOnce(client, 2, echo.port);
   });
   await t.step("subprotocol form with a wrong token: 403", async () => {
     const status = await upgradeStatus(relay.port, "/tcp-mux", {
-      "Sec-WebSocket-Protocol": "aero-tcp-mux-v1, aero-token.wrong",
+      "Sec-WebSocket-Protocol": "aero-seed-mux-v1, aero-token.wrong",
     });
     assert.equal(status, "403");
   });
-  await t.step("subprotocol token without aero-tcp-mux-v1: 400", async () => {
+  await t.step("subprotocol token without aero-seed-mux-v1: 400", async () => {
     const status = await upgradeStatus(relay.port, "/tcp-mux", {
       "Sec-WebSocket-Protocol": `aero-token.${TOKEN}`,
     });
     assert.equal(status, "400");
   });
+  await t.step(
+    "the pre-0.2 pairing (aero-tcp-mux-v1 beside the token) is refused, never answered in seed framing",
+    async () => {
+      const status = await upgradeStatus(relay.port, "/tcp-mux", {
+        "Sec-WebSocket-Protocol": `aero-tcp-mux-v1, aero-token.${TOKEN}`,
+      });
+      assert.equal(status, "400");
+    },
+  );
 });
 
 Deno.test("origin allowlist: other origins get 403, listed and absent origins are allowed", async () => {

@@ -28,7 +28,7 @@ export interface RelayClientOptions {
   readonly token: string;
   /**
    * `"query"` appends `?token=` to the URL. `"subprotocol"` offers
-   * `Sec-WebSocket-Protocol: aero-tcp-mux-v1, aero-token.<token>`, which keeps the token out of URLs and
+   * `Sec-WebSocket-Protocol: aero-seed-mux-v1, aero-token.<token>`, which keeps the token out of URLs and
    * access logs.
    * @default {"query"}
    */

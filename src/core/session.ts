@@ -9,7 +9,15 @@ import type { Config } from "../config.ts";
 import { Metrics } from "../metrics.ts";
 import type { Policy } from "../policy/policy.ts";
 import { TokenBucket } from "../rate_limit.ts";
-import { type CloseReason, type Dial, MIN_READ, type StreamHost, TcpStream } from "./stream.ts";
+import {
+  type CloseReason,
+  type Dial,
+  MIN_READ,
+  type StreamHost,
+  type StreamTarget,
+  TcpStream,
+} from "./stream.ts";
+import type { Target, TargetResult } from "./target.ts";
 
 /** The part of a WebSocket a session uses (the seam tests and adapters can fill). */
 export interface FrameSocket {
@@ -52,7 +60,11 @@ export type Refusal = "policy_denied" | "rate_limited" | "invalid";
 export interface Wire {
   /** Bytes in front of each DATA payload (0 for a protocol of raw bytes). */
   readonly dataHeaderSize: number;
-  /** Writes the DATA header of stream `id` at `frame[0]`. */
+  /** Whether the protocol can half-close a stream (see `StreamHost.halfClose`). */
+  readonly halfClose: boolean;
+  /** The target of stream `id` finished sending (half-close protocols only). */
+  targetEnded(id: number): void;
+  /** Writes the DATA header of stream `id` at `frame[0]`; the payload is the rest of `frame`. */
   writeDataHeader(frame: Uint8Array, id: number): void;
   /** One message from the client. */
   receive(data: ArrayBuffer | string): void;
@@ -85,6 +97,8 @@ export interface SessionDeps {
   readonly metrics: Metrics;
   readonly dial: Dial;
   readonly clientIp: string;
+  /** Resolves and checks a target written as a name or an address (see src/core/target.ts). */
+  readonly resolveTarget?: (target: Target, signal: AbortSignal) => Promise<TargetResult>;
   /** The wire format this session speaks. */
   readonly wire: (session: Session) => Wire;
   /** Shared with the listener and every session: a target connection takes one socket. */
@@ -107,6 +121,7 @@ export class Session implements StreamHost {
   readonly sessionQueueBytes: number;
   readonly sockets: SocketBudget | undefined;
   readonly dataHeaderSize: number;
+  readonly halfClose: boolean;
   /** Client bytes queued towards this session's targets, overhead included. */
   queuedBytes = 0;
 
@@ -138,6 +153,8 @@ export class Session implements StreamHost {
   #cancelQueueWait: (() => void) | undefined;
   #stallTimer: ReturnType<typeof setInterval> | undefined;
   #stopWatchingQueue: (() => void) | undefined;
+  /** The wait the OPEN rate gave the OPEN being admitted. */
+  #openDelayMs = 0;
   #closed = false;
   #unreadErrors = 0;
   #streamsOpened = 0;
@@ -151,6 +168,7 @@ export class Session implements StreamHost {
     this.#deps = deps;
     this.#wire = deps.wire(this);
     this.dataHeaderSize = this.#wire.dataHeaderSize;
+    this.halfClose = this.#wire.halfClose;
     this.#metrics = deps.metrics;
     this.dial = deps.dial;
     this.connectTimeoutMs = config.connectTimeoutMs;
@@ -221,11 +239,33 @@ export class Session implements StreamHost {
   }
 
   /**
-   * Opens stream `id` to `ip:port` if the limits and the policy allow it; otherwise the wire hears why. The
-   * caller has checked that `id` is not live.
+   * Opens stream `id` to `ip:port` (an address the client wrote as bytes) if the limits and the policy allow
+   * it; otherwise the wire hears why. The caller has checked that `id` is not live.
    */
   open(id: number, ip: readonly number[], port: number): void {
-    if (this.#closed || this.#streams.has(id)) return;
+    if (!this.#admit(id)) return;
+    const decision = this.#deps.policy(ip, port);
+    if (!decision.allowed) {
+      this.#policyDenied(id, decision.rule, decision.reason);
+      this.#wire.openRefused(id, "policy_denied", decision.reason);
+      return;
+    }
+    this.#startStream(id, { host: ip.join("."), port, resolve: false });
+  }
+
+  /**
+   * Opens stream `id` to `host:port`, a name or an address written as text. The stream exists at once (DATA
+   * sent behind the OPEN is queued); the name is resolved and checked before anything is dialed, and a
+   * refusal ends the stream with `policy_denied` or `invalid_target`.
+   */
+  openTarget(id: number, host: string, port: number): void {
+    if (!this.#admit(id)) return;
+    this.#startStream(id, { host, port, resolve: true });
+  }
+
+  /** The checks every OPEN passes before it becomes a stream; false when it was refused (and answered). */
+  #admit(id: number): boolean {
+    if (this.#closed || this.#streams.has(id)) return false;
     // A refused OPEN still counts as recent, so DATA the client pipelined behind it is dropped quietly.
     this.remember(id);
     const { config } = this.#deps;
@@ -235,24 +275,9 @@ export class Session implements StreamHost {
         id,
         `Too many streams: this session already has ${this.#streams.size} (the limit)`,
       );
-      return;
+      return false;
     }
-    const decision = this.#deps.policy(ip, port);
-    if (!decision.allowed) {
-      Metrics.bump(this.#metrics.policyDenied, decision.rule);
-      if (this.#firstTime(`policy:${decision.rule}`)) {
-        logger.warn("policy_denied", {
-          event: "policy_denied",
-          sessionId: this.sessionId,
-          streamId: id,
-          rule: decision.rule,
-          reason: decision.reason,
-        });
-      }
-      this.#wire.openRefused(id, "policy_denied", decision.reason);
-      return;
-    }
-    let delayMs = 0;
+    this.#openDelayMs = 0;
     if (this.#openBucket !== undefined) {
       // Over the rate, an OPEN waits its turn (bursts are smoothed) unless the wait would exceed the bound.
       if (this.#openBucket.waitFor(1) > config.openQueueMs) {
@@ -261,24 +286,54 @@ export class Session implements StreamHost {
           id,
           `Too many OPENs: the limit is ${config.openRate} a second after a burst of ${config.openBurst}`,
         );
-        return;
+        return false;
       }
-      delayMs = this.#openBucket.reserve(1);
+      this.#openDelayMs = this.#openBucket.reserve(1);
     }
+    return true;
+  }
+
+  #policyDenied(id: number, rule: string, reason: string): void {
+    Metrics.bump(this.#metrics.policyDenied, rule);
+    if (this.#firstTime(`policy:${rule}`)) {
+      logger.warn("policy_denied", {
+        event: "policy_denied",
+        sessionId: this.sessionId,
+        streamId: id,
+        rule,
+        reason,
+      });
+    }
+  }
+
+  #startStream(id: number, target: StreamTarget): void {
     this.#recent.delete(id);
-    const stream = new TcpStream(this, id, ip, port);
+    const stream = new TcpStream(this, id, target);
     this.#streams.set(id, stream);
     this.#streamsOpened++;
     this.#metrics.streamsActive++;
     this.#metrics.streamsTotal++;
     // A bug in a stream must end that stream with an internal error, never reject unhandled (which would stop
     // the relay).
-    const task = stream.start(delayMs).catch((err: unknown) => {
+    const task = stream.start(this.#openDelayMs).catch((err: unknown) => {
       this.#internalError(err, id);
       stream.finish("internal_error", "Internal relay error");
     });
     this.#tasks.add(task);
     void task.finally(() => this.#tasks.delete(task));
+  }
+
+  /** Resolves a stream's target; a denial is counted and logged like any policy denial. */
+  async resolveTarget(target: Target, signal: AbortSignal): Promise<TargetResult> {
+    const resolve = this.#deps.resolveTarget;
+    if (resolve === undefined) {
+      return { ok: false, kind: "invalid", reason: "This relay resolves no target names" };
+    }
+    const result = await resolve(target, signal);
+    if (!result.ok && result.kind === "denied") {
+      this.#policyDenied(SESSION_ID, result.rule ?? "denied", result.reason);
+    }
+    return result;
   }
 
   /** Client bytes for stream `id`; false when no such stream is live. */
@@ -294,6 +349,14 @@ export class Session implements StreamHost {
     const stream = this.#streams.get(id);
     if (stream === undefined) return false;
     stream.clientClose();
+    return true;
+  }
+
+  /** The client aborted stream `id` (RST): its socket is closed at once, queued bytes dropped. */
+  abortStream(id: number): boolean {
+    const stream = this.#streams.get(id);
+    if (stream === undefined) return false;
+    stream.finish("client_reset");
     return true;
   }
 
@@ -563,6 +626,10 @@ export class Session implements StreamHost {
 
   streamOpened(stream: TcpStream): void {
     this.#wire.streamOpened(stream.id);
+  }
+
+  targetEnded(stream: TcpStream): void {
+    if (!this.#closed) this.#wire.targetEnded(stream.id);
   }
 
   streamEnding(stream: TcpStream, reason: CloseReason, message: string | undefined): void {

@@ -5,6 +5,7 @@
  */
 import { getLogger } from "@logtape/logtape";
 import type { SocketBudget } from "../budget.ts";
+import type { Target, TargetResult } from "./target.ts";
 
 /**
  * The smallest read a stream may make when the session's download budget (the high watermark, less what is
@@ -81,7 +82,17 @@ export type CloseReason =
   | "backpressure"
   | "rate_limited"
   | "session_closed"
+  | "invalid_target"
+  | "client_reset"
   | "internal_error";
+
+/** Where a stream goes: an address to dial as it is, or a name (or literal) the session resolves first. */
+export interface StreamTarget {
+  readonly host: string;
+  readonly port: number;
+  /** Whether `host` still has to go through the session's target resolution and policy. */
+  readonly resolve: boolean;
+}
 
 /** What a stream needs from its session. */
 export interface StreamHost {
@@ -89,6 +100,15 @@ export interface StreamHost {
   readonly dial: Dial;
   readonly connectTimeoutMs: number;
   readonly streamQueueBytes: number;
+  /**
+   * Whether the wire can half-close: a client close then only ends the client's direction (FIN to the target,
+   * whose answer still flows), and the target's EOF is reported with `targetEnded` instead of ending the stream.
+   */
+  readonly halfClose: boolean;
+  /** The target finished sending (half-close wires only). */
+  targetEnded(stream: TcpStream): void;
+  /** Turns a target into checked addresses (names resolved once, every address judged by the policy). */
+  resolveTarget(target: Target, signal: AbortSignal): Promise<TargetResult>;
   /** Takes a socket for a target connection; undefined: no budget. */
   readonly sockets: SocketBudget | undefined;
   /** The stream queued `bytes` more (charged); `full`: its queue is now over the stream cap. */
@@ -107,7 +127,7 @@ export interface StreamHost {
   reserveDownlink(n: number): number;
   /** Bytes the wire format puts in front of each DATA payload (0 for raw bytes). */
   readonly dataHeaderSize: number;
-  /** Writes the DATA header for stream `id` at `frame[0]`; the payload follows it. */
+  /** Writes the DATA header for stream `id` at `frame[0]`; the payload is the rest of `frame`. */
   writeDataHeader(frame: Uint8Array, id: number): void;
   sendFrame(frame: Uint8Array): void;
   /** The target accepted the connection. */
@@ -147,7 +167,12 @@ export class TcpStream {
   readonly id: number;
   readonly destination: string;
   readonly #host: StreamHost;
-  readonly #hostname: string;
+  #hostname: string;
+  readonly #resolve: boolean;
+  /** The target has sent its last byte (half-close wires). */
+  #targetEnded = false;
+  /** The write side to the target is shut (FIN sent) after the client's half-close. */
+  #writeShut = false;
   readonly #port: number;
   readonly #dialAbort = new AbortController();
   readonly #startedAt = performance.now();
@@ -183,12 +208,15 @@ export class TcpStream {
   bytesToTarget = 0;
   bytesFromTarget = 0;
 
-  constructor(host: StreamHost, id: number, ip: readonly number[], port: number) {
+  constructor(host: StreamHost, id: number, target: StreamTarget) {
     this.#host = host;
     this.id = id;
-    this.#hostname = ip.join(".");
-    this.#port = port;
-    this.destination = `${this.#hostname}:${port}`;
+    this.#hostname = target.host;
+    this.#port = target.port;
+    this.#resolve = target.resolve;
+    this.destination = target.host.includes(":")
+      ? `[${target.host}]:${target.port}`
+      : `${target.host}:${target.port}`;
   }
 
   /** Whether the stream has finished. */
@@ -219,6 +247,21 @@ export class TcpStream {
     if (delayMs > 0) {
       await (this.#readerSleep ??= new Sleeper()).sleep(delayMs);
       if (this.#closed) return;
+    }
+    if (this.#resolve) {
+      const result = await this.#host.resolveTarget(
+        { host: this.#hostname, port: this.#port },
+        this.#dialAbort.signal,
+      );
+      if (this.#closed) return;
+      if (!result.ok) {
+        if (result.kind === "denied") this.finish("policy_denied", result.reason);
+        else if (result.kind === "invalid") this.finish("invalid_target", result.reason);
+        else this.finish("connect_failed", `Cannot resolve ${this.destination}: ${result.reason}`);
+        return;
+      }
+      // Dial exactly a checked address, never the name again (a second lookup could answer differently).
+      this.#hostname = result.addresses[0]!;
     }
     const sockets = this.#host.sockets;
     if (sockets !== undefined) {
@@ -286,8 +329,6 @@ export class TcpStream {
     // The header is the same for every DATA frame of this stream: write it once, read payloads after it.
     const header = this.#host.dataHeaderSize;
     let frame = new Uint8Array(header + INITIAL_READ_SIZE);
-    /** The buffer whose header is written (the header is the same for every DATA frame of this stream). */
-    let headed: Uint8Array | undefined;
     /** How much the next read asks for: grows fourfold while reads fill their buffer. */
     let want = INITIAL_READ_SIZE;
     try {
@@ -315,10 +356,6 @@ export class TcpStream {
         if (capacity < size || capacity > 4 * size) {
           frame = new Uint8Array(header + size);
         }
-        if (frame !== headed) {
-          this.#host.writeDataHeader(frame, this.id);
-          headed = frame;
-        }
         let n: number | null;
         try {
           n = await conn.read(frame.subarray(header, header + size));
@@ -327,14 +364,25 @@ export class TcpStream {
         }
         if (this.#closed) continue;
         if (n === null) {
-          this.finish("target_close");
+          if (!this.#host.halfClose) {
+            this.finish("target_close");
+            return;
+          }
+          // Only the target's direction is done: say so, and let the writer finish the client's.
+          this.#targetEnded = true;
+          this.#host.targetEnded(this);
+          this.#wake();
           return;
         }
         this.bytesFromTarget += n;
         this.#activity++;
         this.#host.countFromTarget(n);
         // The transport copies the bytes, so the buffer is free for the next read at once.
-        this.#host.sendFrame(frame.subarray(0, header + n));
+        // The header goes in front of the payload just read (some wire formats carry its length), so the frame
+        // leaves with no copy of the payload.
+        const out = frame.subarray(0, header + n);
+        this.#host.writeDataHeader(out, this.id);
+        this.#host.sendFrame(out);
         if (n === size && want < READ_SIZE) want = Math.min(READ_SIZE, want * 4);
         const wait = this.#host.reserveDownlink(n);
         if (wait > 0) await (this.#readerSleep ??= new Sleeper()).sleep(wait);
@@ -354,9 +402,23 @@ export class TcpStream {
       while (!this.#closed) {
         const chunk = this.#chunks[this.#head];
         if (chunk === undefined) {
-          if (this.#clientClosed) {
+          if (this.#clientClosed && !this.#host.halfClose) {
             this.finish("client_close");
             return;
+          }
+          if (this.#clientClosed || this.#targetEnded) {
+            // Half-close: everything the client sent is written; pass its FIN on, and end once both are done.
+            // After the target's EOF the client sends nothing more (its CLOSE was answered), so that ends too.
+            if (!this.#writeShut) {
+              this.#writeShut = true;
+              try {
+                conn.closeWrite();
+              } catch { /* the target already went away */ }
+            }
+            if (this.#targetEnded) {
+              this.finish(this.#clientClosed ? "client_close" : "target_close");
+              return;
+            }
           }
           await new Promise<void>((resolve) => this.#wakeWriter = resolve);
           continue;

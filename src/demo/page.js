@@ -29,7 +29,7 @@ var ERROR_PREFIX_SIZE = 4;
 var IP_VERSION_4 = 4;
 var SESSION_ID = 0;
 var MAX_CONNECTION_ID = 4294967295;
-var MUX_SUBPROTOCOL = "aero-tcp-mux-v1";
+var MUX_SUBPROTOCOL = "aero-seed-mux-v1";
 var TOKEN_SUBPROTOCOL_PREFIX = "aero-token.";
 
 // src/protocol/errors.ts

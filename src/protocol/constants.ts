@@ -51,7 +51,13 @@ export const MAX_ERROR_MESSAGE_BYTES = 0xffff;
 /** The path on which the relay accepts WebSocket sessions. */
 export const MUX_PATH = "/tcp-mux";
 
-/** The non-secret subprotocol the relay selects when a client offers it (needed beside a token subprotocol). */
-export const MUX_SUBPROTOCOL = "aero-tcp-mux-v1";
+/**
+ * The seed framing's own subprotocol name: what a client offers beside the token entry (a browser fails a
+ * handshake that selects nothing it offered, and the relay never echoes the secret entry). Until 0.2 this was
+ * `aero-tcp-mux-v1`, which is Aero's different framing; see README "Migrating from aero-tcp-mux-v1".
+ */
+export const MUX_SUBPROTOCOL = "aero-seed-mux-v1";
+/** Aero's `aero-tcp-mux-v1` framing (src/wire/aero_mux_v1.ts). */
+export const AERO_MUX_SUBPROTOCOL = "aero-tcp-mux-v1";
 /** Prefix of the subprotocol entry that carries the token: `aero-token.<token>`. */
 export const TOKEN_SUBPROTOCOL_PREFIX = "aero-token.";

@@ -51,6 +51,7 @@ const REFUSAL_CODES: Readonly<Record<Refusal, ErrorCode>> = {
 /** The seed framing, for one session. */
 export class SeedWire implements Wire {
   readonly dataHeaderSize = HEADER_SIZE;
+  readonly halfClose = false;
   readonly #session: Session;
 
   constructor(session: Session) {
@@ -103,6 +104,10 @@ export class SeedWire implements Wire {
     }
   }
 
+  targetEnded(): void {
+    // The seed framing has no half-close: the stream ends at the target's EOF.
+  }
+
   streamOpened(id: number): void {
     this.#session.sendFrame(encodeOpenAck(id));
   }
@@ -145,7 +150,7 @@ export class SeedWire implements Wire {
   #error(id: number, code: ErrorCode, message: string): void {
     const session = this.#session;
     if (!session.admitReply(id)) return;
-    Metrics.bump(session.metrics.errorsSent, code);
+    Metrics.bump(session.metrics.errorsSent, ERROR_CODE_NAMES[code] ?? String(code));
     logger.debug("error_sent", {
       event: "error",
       sessionId: session.sessionId,

@@ -180,7 +180,7 @@ Deno.test("connection ids count up from 1 and are never reused, whatever ended t
   }
   assert.deepEqual(ids, Array.from({ length: 15 }, (_, i) => i + 1));
   // The relay never saw a duplicate id (that would be ERROR 5).
-  assert.equal(relay.relay.metrics.errorsSent.get(ErrorCode.INVALID_FRAME), undefined);
+  assert.equal(relay.relay.metrics.errorsSent.get("INVALID_FRAME"), undefined);
 });
 
 Deno.test("an application that stops reading gets RelayError 8 once readableMaxBytes are unread", async () => {
@@ -258,7 +258,7 @@ Deno.test("the token can travel as a subprotocol instead of the query string", a
   await writer.write(encoder.encode("by subprotocol"));
   assert.equal(decoder.decode(await readExactly(stream.readable, 14)), "by subprotocol");
   await stream.close();
-  assert.equal(`${MUX_SUBPROTOCOL} ${TOKEN_SUBPROTOCOL_PREFIX}`, "aero-tcp-mux-v1 aero-token.");
+  assert.equal(`${MUX_SUBPROTOCOL} ${TOKEN_SUBPROTOCOL_PREFIX}`, "aero-seed-mux-v1 aero-token.");
   assert.throws(
     () => new RelayClient("ws://127.0.0.1:1/tcp-mux", { token: "a b", tokenIn: "subprotocol" }),
     TypeError,

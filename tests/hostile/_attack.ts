@@ -4,10 +4,20 @@
  * @module
  */
 import net from "node:net";
-import type { RelayProcess, SpawnOptions } from "../_process.ts";
-import { startCommand } from "../_process.ts";
+import { type RelayProcess, type SpawnOptions, spawnRelay } from "../_process.ts";
 import { RawWebSocket } from "../_raw_ws.ts";
-import { delay, LOOPBACK, MuxClient, muxUrl, procStats, TOKEN, withTimeout } from "../_util.ts";
+import {
+  delay,
+  KIB,
+  LOOPBACK,
+  MuxClient,
+  muxUrl,
+  procStats,
+  startTcpServer,
+  type TcpServer,
+  TOKEN,
+  withTimeout,
+} from "../_util.ts";
 import {
   decodeServerFrame,
   encodeData,
@@ -15,9 +25,8 @@ import {
   FrameType,
   type ServerFrame,
 } from "../../src/protocol/mod.ts";
-
-export const KIB = 1024;
-export const MIB = 1024 * KIB;
+import { CloseCode, Opcode } from "../../src/transport/frames.ts";
+import { encodeFrame } from "../transport/_frames.ts";
 
 /** How to start a relay with a lowered open-file limit. */
 export interface LimitedRelayOptions extends SpawnOptions {
@@ -25,11 +34,9 @@ export interface LimitedRelayOptions extends SpawnOptions {
   readonly fdLimit: number;
 }
 
-/** A relay subprocess that also tells whether it is still running. */
+/** A relay subprocess with a lowered open-file limit. */
 export interface LimitedRelay extends RelayProcess {
   readonly fdLimit: number;
-  /** The exit status once the process ended, `undefined` while it runs. */
-  exited(): Deno.CommandStatus | undefined;
 }
 
 /**
@@ -61,102 +68,27 @@ export function autoSocketBudget(fdLimit: number): number {
 }
 
 /**
- * Starts the relay through the start task's command line (network narrowed to 127.0.0.0/8), wrapped as
- * `sh -c 'ulimit -n N && exec "$0" "$@"' deno args...` so that only the relay runs with the low limit, and
- * resolves once it logged `listening`. The pid is the relay's own: `exec` replaces the shell.
+ * Starts the relay through the start task's command line (network narrowed to 127.0.0.0/8) with only the relay
+ * limited to `fdLimit` descriptors (see {@linkcode SpawnOptions.openFiles}; the pid is the relay's own), in
+ * {@linkcode relayDir}, keeping a bounded tail of its output; resolves once it logged `listening`.
  */
 export async function spawnLimitedRelay(
   env: Record<string, string>,
   options: LimitedRelayOptions,
 ): Promise<LimitedRelay> {
-  const { fdLimit } = options;
-  if (!Number.isInteger(fdLimit) || fdLimit < 64) {
-    throw new RangeError(`Cannot limit the relay to ${fdLimit} descriptors: expected an integer >= 64`);
-  }
-  const { cmd, args } = startCommand(options.task, options.denoFlags);
-  const cwd = relayDir();
-  const child = new Deno.Command("sh", {
-    args: ["-c", `ulimit -n ${fdLimit} && exec "$0" "$@"`, cmd, ...args],
-    ...(cwd === undefined ? {} : { cwd }),
-    env: { NO_COLOR: "1", AERO_PROXY_PORT: "0", ...env },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const logs: Record<string, unknown>[] = [];
-  let stderrText = "";
-  let exitStatus: Deno.CommandStatus | undefined;
-  const { promise: listening, resolve, reject } = Promise.withResolvers<number>();
-  const readStdout = (async () => {
-    let carry = "";
-    for await (const text of child.stdout.pipeThrough(new TextDecoderStream())) {
-      carry += text;
-      let newline;
-      while ((newline = carry.indexOf("\n")) >= 0) {
-        const line = carry.slice(0, newline);
-        carry = carry.slice(newline + 1);
-        try {
-          const record = JSON.parse(line) as Record<string, unknown>;
-          // Keep a bounded tail: a flood must not grow the test process.
-          if (logs.length >= 10_000) logs.splice(0, 5_000);
-          logs.push(record);
-          const props = record.properties as Record<string, unknown> | undefined;
-          if (props?.event === "listening") resolve(props.port as number);
-        } catch { /* not JSON */ }
-      }
-    }
-  })();
-  const readStderr = (async () => {
-    for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) {
-      stderrText = (stderrText + text).slice(-64 * KIB);
-    }
-  })();
-  const status = child.status.then(async (s) => {
-    exitStatus = s;
-    await Promise.all([readStdout, readStderr]);
-    reject(new Error(`Relay exited with ${s.code} before listening: ${stderrText}`));
-    return s;
+  const { fdLimit, ...rest } = options;
+  const relay = await spawnRelay(env, [], {
+    relayDir: relayDir(),
+    maxLogLines: 10_000,
+    maxStderrChars: 64 * KIB,
+    ...rest,
+    openFiles: fdLimit,
   });
-  const timer = setTimeout(() => reject(new Error("Relay did not start within 20 s")), 20_000);
-  let port: number;
-  try {
-    port = await listening;
-  } catch (err: unknown) {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* exited */ }
-    await status;
-    throw err;
-  } finally {
-    clearTimeout(timer);
-  }
-  let killed = false;
-  const kill = (signal: Deno.Signal = "SIGTERM") => {
-    try {
-      child.kill(signal);
-      if (signal !== "SIGSTOP" && signal !== "SIGCONT") killed = true;
-    } catch { /* already exited */ }
-  };
-  return {
-    pid: child.pid,
-    port,
-    logs,
-    fdLimit,
-    stderr: () => stderrText,
-    status,
-    kill,
-    exited: () => exitStatus,
-    async [Symbol.asyncDispose]() {
-      if (!killed) kill("SIGTERM");
-      const timeout = setTimeout(() => kill("SIGKILL"), 5000);
-      await status;
-      clearTimeout(timeout);
-    },
-  };
+  return { ...relay, fdLimit };
 }
 
 /** Throws (with the relay's last stderr) if the relay process has exited. */
-export function assertAlive(relay: LimitedRelay, when: string): void {
+export function assertAlive(relay: RelayProcess, when: string): void {
   const status = relay.exited();
   if (status !== undefined) {
     throw new Error(
@@ -178,57 +110,6 @@ export async function fdLimitsOf(pid: number): Promise<{ soft: number; hard: num
   return { soft: Number(match[1]), hard: Number(match[2]) };
 }
 
-/** Polls `check` every `intervalMs` until it holds or `timeoutMs` passes; returns whether it held. */
-export async function waitUntil(
-  check: () => boolean | Promise<boolean>,
-  options: { timeoutMs: number; intervalMs?: number },
-): Promise<boolean> {
-  const deadline = performance.now() + options.timeoutMs;
-  for (;;) {
-    if (await check()) return true;
-    if (performance.now() >= deadline) return false;
-    await delay(options.intervalMs ?? 20);
-  }
-}
-
-/** Samples a process's RSS and descriptors in the background until stopped; keeps the peaks. */
-export class StatsSampler implements AsyncDisposable {
-  peakRss = 0;
-  peakFds = 0;
-  lastRss = 0;
-  lastFds = 0;
-  samples = 0;
-  readonly #loop: Promise<void>;
-  #stopped = false;
-
-  constructor(pid: number, intervalMs = 50) {
-    this.#loop = (async () => {
-      while (!this.#stopped) {
-        try {
-          const { rss, fds } = await procStats(pid);
-          this.lastRss = rss;
-          this.lastFds = fds;
-          this.peakRss = Math.max(this.peakRss, rss);
-          this.peakFds = Math.max(this.peakFds, fds);
-          this.samples++;
-        } catch {
-          return; // the process exited between two samples
-        }
-        await delay(intervalMs);
-      }
-    })();
-  }
-
-  async stop(): Promise<void> {
-    this.#stopped = true;
-    await this.#loop;
-  }
-
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.stop();
-  }
-}
-
 /** The relay's RSS once it has been idle a moment (median of three samples). */
 export async function idleRss(pid: number): Promise<number> {
   await delay(300);
@@ -238,11 +119,6 @@ export async function idleRss(pid: number): Promise<number> {
     await delay(50);
   }
   return samples.sort((a, b) => a - b)[1]!;
-}
-
-/** `bytes` as mebibytes with one decimal. */
-export function mib(bytes: number): string {
-  return (bytes / MIB).toFixed(1);
 }
 
 /** Milliseconds with no decimals. */
@@ -441,32 +317,27 @@ export async function echoSession(relayPort: number, echoPort: number, timeoutMs
 // Hand-made WebSocket frames (client side: masked). A zero masking key leaves the payload as written, which a
 // server cannot tell from any other key.
 
-export const Opcode = { CONTINUATION: 0x0, TEXT: 0x1, BINARY: 0x2, CLOSE: 0x8 } as const;
+/** A zero masking key: the payload goes out as written. */
+const ZERO_KEY = new Uint8Array(4);
 
 /** The header of one client frame announcing `length` payload bytes, with a zero masking key. */
 export function frameHeader(length: number, options: { opcode?: number; fin?: boolean } = {}): Uint8Array {
-  const extra = length < 126 ? 0 : length < 65536 ? 2 : 8;
-  const header = new Uint8Array(2 + extra + 4);
-  header[0] = (options.fin === false ? 0 : 0x80) | (options.opcode ?? Opcode.BINARY);
-  const view = new DataView(header.buffer);
-  if (extra === 0) header[1] = 0x80 | length;
-  else if (extra === 2) {
-    header[1] = 0x80 | 126;
-    view.setUint16(2, length);
-  } else {
-    header[1] = 0x80 | 127;
-    view.setBigUint64(2, BigInt(length));
-  }
-  return header; // the last four bytes, the masking key, stay zero
+  return encodeFrame({
+    opcode: options.opcode ?? Opcode.BINARY,
+    fin: options.fin ?? true,
+    declaredLength: length,
+    mask: ZERO_KEY,
+  });
 }
 
 /** One whole client frame around `payload` (zero masking key). */
 export function frame(payload: Uint8Array, options: { opcode?: number; fin?: boolean } = {}): Uint8Array {
-  const header = frameHeader(payload.byteLength, options);
-  const out = new Uint8Array(header.byteLength + payload.byteLength);
-  out.set(header);
-  out.set(payload, header.byteLength);
-  return out;
+  return encodeFrame({
+    opcode: options.opcode ?? Opcode.BINARY,
+    fin: options.fin ?? true,
+    payload,
+    mask: ZERO_KEY,
+  });
 }
 
 /** `count` copies of one small frame back to back, for floods of tiny frames. */
@@ -487,7 +358,7 @@ export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void
 
 /** The status code in a close frame's payload (1005 when it carries none). */
 export function closeCode(payload: Uint8Array): number {
-  return payload.byteLength >= 2 ? (payload[0]! << 8) | payload[1]! : 1005;
+  return payload.byteLength >= 2 ? (payload[0]! << 8) | payload[1]! : CloseCode.NO_STATUS;
 }
 
 /** Opens a raw WebSocket session from 127.0.0.1 to the relay's mux endpoint. */
@@ -669,67 +540,37 @@ export async function startBlackholeTarget(): Promise<BlackholeTarget> {
  * A target that accepts connections and sends `total` bytes on each, but only once {@linkcode release} is
  * called: streams can be opened first and the download started later, all at once.
  */
-export interface GatedSource extends AsyncDisposable {
-  readonly port: number;
-  readonly accepted: number;
+export interface GatedSource extends TcpServer {
   /** Bytes the kernel has taken from this server so far. */
   readonly sent: number;
   release(): void;
 }
 
 export function startGatedSource(total: number): GatedSource {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const gate = Promise.withResolvers<void>();
-  const conns = new Set<Deno.TcpConn>();
-  const tasks = new Set<Promise<void>>();
-  let stopped = false;
-  let accepted = 0;
   let sent = 0;
-  const serve = async (conn: Deno.TcpConn) => {
+  const server = startTcpServer(async (conn, signal) => {
     await gate.promise;
     const block = new Uint8Array(64 * KIB).fill(0x63);
-    for (let left = total; left > 0 && !stopped;) {
+    for (let left = total; left > 0 && !signal.aborted;) {
       const n = await conn.write(block.subarray(0, Math.min(left, block.byteLength)));
       sent += n;
       left -= n;
     }
-  };
-  const acceptLoop = (async () => {
-    try {
-      for await (const conn of listener) {
-        accepted++;
-        conns.add(conn);
-        const task = serve(conn).catch(() => {}).finally(() => {
-          conns.delete(conn);
-          try {
-            conn.close();
-          } catch { /* closed by dispose */ }
-        });
-        tasks.add(task);
-        void task.finally(() => tasks.delete(task));
-      }
-    } catch { /* listener closed */ }
-  })();
+  });
   return {
-    port: (listener.addr as Deno.NetAddr).port,
+    port: server.port,
     get accepted() {
-      return accepted;
+      return server.accepted;
     },
     get sent() {
       return sent;
     },
     release: () => gate.resolve(),
-    async [Symbol.asyncDispose]() {
-      stopped = true;
-      listener.close();
-      await acceptLoop;
-      for (const conn of conns) {
-        try {
-          conn.close();
-        } catch { /* already closed */ }
-      }
-      gate.resolve();
-      await Promise.allSettled([...tasks]);
+    [Symbol.asyncDispose]() {
+      const stopped = server[Symbol.asyncDispose](); // aborts the signal before its first await
+      gate.resolve(); // connections still waiting for the release see the abort and end
+      return stopped;
     },
   };
 }

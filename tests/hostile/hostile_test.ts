@@ -9,16 +9,22 @@
  */
 import assert from "node:assert/strict";
 import { encodeOpen, ErrorCode, FrameType } from "../../src/protocol/mod.ts";
+import { Opcode } from "../../src/transport/frames.ts";
 import {
   concat,
   delay,
+  KIB,
   LOOPBACK,
+  MIB,
+  mib,
   MuxClient,
   muxUrl,
   procStats,
   report,
   startEchoServer,
   startStalledServer,
+  StatsSampler,
+  waitUntil,
   withTimeout,
 } from "../_util.ts";
 import {
@@ -33,11 +39,7 @@ import {
   hostileEnv,
   httpStatus,
   idleRss,
-  KIB,
-  MIB,
-  mib,
   ms,
-  Opcode,
   rawSession,
   RawWatch,
   relayDir,
@@ -49,8 +51,6 @@ import {
   startBlackholeTarget,
   startFlood,
   startGatedSource,
-  StatsSampler,
-  waitUntil,
   writeAll,
 } from "./_attack.ts";
 

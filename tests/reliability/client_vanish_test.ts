@@ -5,8 +5,16 @@
 import assert from "node:assert/strict";
 import { decodeServerFrame, encodeOpen, FrameType } from "../../src/protocol/mod.ts";
 import { RawWebSocket } from "../_raw_ws.ts";
-import { delay, LOOPBACK, report, startRelay, startTcpServer, TOKEN, withTimeout } from "../_util.ts";
-import { waitUntil } from "./_harness.ts";
+import {
+  delay,
+  LOOPBACK,
+  report,
+  startRelay,
+  startTcpServer,
+  TOKEN,
+  waitUntil,
+  withTimeout,
+} from "../_util.ts";
 
 const STREAMS = 50;
 const LIMIT_MS = 2000;

@@ -4,8 +4,18 @@
  */
 import assert from "node:assert/strict";
 import { spawnRelay } from "../_process.ts";
-import { delay, MuxClient, muxUrl, procStats, report, startStalledServer } from "../_util.ts";
-import { discardLogs, KIB, mib, relayEnv, waitUntil } from "./_harness.ts";
+import {
+  delay,
+  KIB,
+  mib,
+  MuxClient,
+  muxUrl,
+  procStats,
+  report,
+  startStalledServer,
+  waitUntil,
+} from "../_util.ts";
+import { discardLogs, relayEnv } from "./_harness.ts";
 
 const SESSIONS = 2000;
 const STREAMS = 10_000;

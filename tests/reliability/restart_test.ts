@@ -13,6 +13,7 @@ import { spawnRelay } from "../_process.ts";
 import {
   delay,
   LOOPBACK,
+  MIB,
   MuxClient,
   muxUrl,
   patternDigest,
@@ -20,7 +21,7 @@ import {
   startSourceServer,
   withTimeout,
 } from "../_util.ts";
-import { MIB, relayEnv } from "./_harness.ts";
+import { relayEnv } from "./_harness.ts";
 
 const SESSIONS = 10;
 const STREAMS_PER_SESSION = 10;

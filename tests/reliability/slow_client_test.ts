@@ -10,14 +10,17 @@ import { RawDownload, RawWebSocket } from "../_raw_ws.ts";
 import {
   delay,
   LOOPBACK,
+  MIB,
+  mib,
   patternDigest,
   procStats,
   report,
   startSourceServer,
+  StatsSampler,
   TOKEN,
   withTimeout,
 } from "../_util.ts";
-import { MIB, mib, relayEnv, StatsSampler } from "./_harness.ts";
+import { relayEnv } from "./_harness.ts";
 
 const TOTAL = 256 * MIB;
 const PAUSE_MS = 5000;

@@ -9,6 +9,9 @@ import { spawnRelay } from "../_process.ts";
 import {
   delay,
   describeFrame,
+  KIB,
+  MIB,
+  mib,
   MuxClient,
   muxUrl,
   PatternStream,
@@ -16,9 +19,11 @@ import {
   report,
   startEchoServer,
   startStalledServer,
+  StatsSampler,
+  waitUntil,
   withTimeout,
 } from "../_util.ts";
-import { KIB, MIB, mib, percentile, relayEnv, StatsSampler, waitUntil } from "./_harness.ts";
+import { percentile, relayEnv } from "./_harness.ts";
 
 const UPLOAD = 64 * MIB;
 const CHUNK = 64 * KIB;

@@ -13,15 +13,20 @@ import { spawnRelay } from "../_process.ts";
 import {
   delay,
   describeFrame,
+  KIB,
   LOOPBACK,
+  MIB,
+  mib,
   MuxClient,
   muxUrl,
   PatternStream,
   procStats,
   report,
   startEchoServer,
+  StatsSampler,
+  waitUntil,
 } from "../_util.ts";
-import { discardLogs, KIB, MIB, mib, percentile, relayEnv, StatsSampler, waitUntil } from "./_harness.ts";
+import { discardLogs, percentile, relayEnv } from "./_harness.ts";
 
 const SESSIONS = 200;
 const STREAMS_PER_SESSION = 20;

@@ -9,22 +9,18 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { CloseCode, Opcode } from "../../src/transport/frames.ts";
+import { payloadAt } from "../_raw_ws.ts";
+import { concat } from "../_util.ts";
 
-/** WebSocket opcodes (RFC 6455 section 5.2). */
-export const Opcode = {
-  CONTINUATION: 0x0,
-  TEXT: 0x1,
-  BINARY: 0x2,
-  CLOSE: 0x8,
-  PING: 0x9,
-  PONG: 0xa,
-} as const;
+/** WebSocket opcodes (RFC 6455 section 5.2): numbers of the RFC, shared with the server's code. */
+export { Opcode };
 
 /** The GUID the server appends to Sec-WebSocket-Key before hashing (RFC 6455 section 1.3). */
 export const WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /** The status a Close frame without a payload stands for (RFC 6455 section 7.4.1); never sent on the wire. */
-export const NO_STATUS_CODE = 1005;
+export const NO_STATUS_CODE = CloseCode.NO_STATUS;
 
 /** Largest server frame the reader accepts; a bigger length means the stream is out of step. */
 const MAX_SERVER_FRAME = 64 * 1024 * 1024;
@@ -117,7 +113,7 @@ export function encodeFrame(spec: FrameSpec): Uint8Array {
 
 /** Encodes several frames back to back (one buffer, to be written whole or split). */
 export function encodeFrames(specs: readonly FrameSpec[]): Uint8Array {
-  return concatBytes(specs.map(encodeFrame));
+  return concat(specs.map(encodeFrame));
 }
 
 /** Shorthands for the common frames; all masked unless the spec says otherwise. */
@@ -204,16 +200,6 @@ function parseCloseLoose(payload: Uint8Array): string {
 }
 
 // --- Bytes and splits --------------------------------------------------------------------------------
-
-export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, p) => sum + p.byteLength, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.byteLength;
-  }
-  return out;
-}
 
 /** Cuts `bytes` at the given offsets (sorted, deduplicated, out-of-range ones dropped). */
 export function splitAt(bytes: Uint8Array, cuts: readonly number[]): Uint8Array[] {
@@ -411,7 +397,7 @@ export class RawClient implements AsyncDisposable {
   ): Promise<{ client: RawClient; response: HttpHead }> {
     const client = await RawClient.connect(port);
     try {
-      await client.write(options.pipelined === undefined ? head : concatBytes([head, options.pipelined]));
+      await client.write(options.pipelined === undefined ? head : concat([head, options.pipelined]));
       const response = await client.readHead(options.timeoutMs ?? 5000);
       return { client, response };
     } catch (err) {
@@ -531,7 +517,7 @@ export class RawClient implements AsyncDisposable {
       this.#eof = true;
       return "eof";
     }
-    this.#buffer = this.#buffer.byteLength === 0 ? result.bytes : concatBytes([this.#buffer, result.bytes]);
+    this.#buffer = this.#buffer.byteLength === 0 ? result.bytes : concat([this.#buffer, result.bytes]);
     return "data";
   }
 
@@ -579,22 +565,12 @@ export class RawClient implements AsyncDisposable {
 
   #parseFrame(): WsFrame | undefined {
     const b = this.#buffer;
-    if (b.byteLength < 2) return undefined;
-    const view = new DataView(b.buffer, b.byteOffset, b.byteLength);
+    const at = payloadAt(b);
+    if (at === undefined) return undefined;
     const masked = (b[1]! & 0x80) !== 0;
-    let length = b[1]! & 0x7f;
-    let offset = 2;
-    if (length === 126) {
-      if (b.byteLength < 4) return undefined;
-      length = view.getUint16(2);
-      offset = 4;
-    } else if (length === 127) {
-      if (b.byteLength < 10) return undefined;
-      const big = view.getBigUint64(2);
-      assert.ok(big <= BigInt(MAX_SERVER_FRAME), `the server announced a ${big}-byte frame`);
-      length = Number(big);
-      offset = 10;
-    }
+    let { offset } = at;
+    const { length } = at;
+    assert.ok(length <= MAX_SERVER_FRAME, `the server announced a ${length}-byte frame`);
     let key: Uint8Array | undefined;
     if (masked) {
       if (b.byteLength < offset + 4) return undefined;

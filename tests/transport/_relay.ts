@@ -15,9 +15,8 @@ import {
   type ServerFrame,
   SESSION_ID,
 } from "../../src/protocol/mod.ts";
-import { describeFrame, LOOPBACK, TOKEN } from "../_util.ts";
+import { concat, describeFrame, LOOPBACK, TOKEN } from "../_util.ts";
 import {
-  concatBytes,
   describeWsFrame,
   expectCloseThenEof,
   frame,
@@ -118,7 +117,7 @@ export class SeedReader {
         default:
           assert.fail(`unexpected frame from the relay: ${describeWsFrame(f)}`);
       }
-      const message = concatBytes(this.#parts);
+      const message = concat(this.#parts);
       this.#parts = [];
       return decodeServerFrame(message);
     }
@@ -165,7 +164,7 @@ export class SeedReader {
       parts.push(f.data);
       have += f.data.byteLength;
     }
-    return concatBytes(parts);
+    return concat(parts);
   }
 
   /**
@@ -186,7 +185,7 @@ export class SeedReader {
         have.set(f.connectionId, (have.get(f.connectionId) ?? 0) + f.data.byteLength);
       } else assert.fail(`unexpected seed frame: ${JSON.stringify(describeFrame(f))}`);
     }
-    return new Map([...expected.keys()].map((id) => [id, concatBytes(parts.get(id) ?? [])]));
+    return new Map([...expected.keys()].map((id) => [id, concat(parts.get(id) ?? [])]));
   }
 }
 
@@ -221,7 +220,7 @@ export async function assertRelayEchoes(
   const reader = new SeedReader(client);
   const payload = new TextEncoder().encode(`alive ${crypto.randomUUID()}`);
   await client.write(
-    concatBytes([frame.binary(openBytes(1, echoPort)), frame.binary(dataBytes(1, payload))]),
+    concat([frame.binary(openBytes(1, echoPort)), frame.binary(dataBytes(1, payload))]),
   );
   await reader.expectAck(1, timeoutMs);
   assert.deepEqual(await reader.readData(1, payload.byteLength, timeoutMs), payload);

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { defaultConfig } from "../../src/config.ts";
 import { serveRelay } from "../../src/server.ts";
-import { hasCommand, report, startRelay, TOKEN } from "../_util.ts";
+import { hasCommand, makeCertificate, report, startRelay, TOKEN } from "../_util.ts";
 import { encodeFrame, Opcode, RawClient, sleep, upgradeRequest } from "./_frames.ts";
 import { MUX_TARGET } from "./_relay.ts";
 
@@ -96,63 +96,37 @@ Deno.test("connections reset before accept returns do not hold the listener back
 });
 
 Deno.test("over TLS, a client that never finishes its handshake is dropped at the header deadline", async () => {
-  if (!(await hasCommand("openssl", ["version"]))) {
-    report("skipped: openssl is not installed");
-    return;
-  }
-  const dir = await Deno.makeTempDir({ prefix: "aero-tls-stall-" });
+  await using tls = await makeCertificate("aero-tls-stall-");
+  if (tls === undefined) return;
+  const { cert, key } = tls;
+  await using relay = serveRelay(
+    defaultConfig({
+      port: 0,
+      authTokens: [TOKEN],
+      logLevel: "error",
+      headerTimeoutMs: 300,
+      maxPendingPerIp: 3,
+    }),
+    {},
+    { tls: { cert, key } },
+  );
+  const live = relay.relay.metrics.live!;
+  const stalled = await Promise.all(
+    [1, 2, 3].map(() => Deno.connect({ hostname: "127.0.0.1", port: relay.port })),
+  );
   try {
-    const made = await new Deno.Command("openssl", {
-      args: [
-        ...["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"],
-        ...[
-          "-addext",
-          "subjectAltName=IP:127.0.0.1",
-          "-addext",
-          "basicConstraints=critical,CA:FALSE",
-          "-keyout",
-          `${dir}/key.pem`,
-          "-out",
-          `${dir}/cert.pem`,
-        ],
-      ],
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    assert.ok(made.success, new TextDecoder().decode(made.stderr));
-    const cert = await Deno.readTextFile(`${dir}/cert.pem`);
-    const key = await Deno.readTextFile(`${dir}/key.pem`);
-    await using relay = serveRelay(
-      defaultConfig({
-        port: 0,
-        authTokens: [TOKEN],
-        logLevel: "error",
-        headerTimeoutMs: 300,
-        maxPendingPerIp: 3,
-      }),
-      {},
-      { tls: { cert, key } },
-    );
-    const live = relay.relay.metrics.live!;
-    const stalled = await Promise.all(
-      [1, 2, 3].map(() => Deno.connect({ hostname: "127.0.0.1", port: relay.port })),
-    );
+    await sleep(1300);
+    assert.equal(live.pendingConnections(), 0, "stalled handshakes are no longer pending");
+    const conn = await Deno.connectTls({ hostname: "127.0.0.1", port: relay.port, caCerts: [cert] });
     try {
-      await sleep(1300);
-      assert.equal(live.pendingConnections(), 0, "stalled handshakes are no longer pending");
-      const conn = await Deno.connectTls({ hostname: "127.0.0.1", port: relay.port, caCerts: [cert] });
-      try {
-        await conn.write(new TextEncoder().encode("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
-        const buffer = new Uint8Array(512);
-        const n = await conn.read(buffer);
-        assert.match(new TextDecoder().decode(buffer.subarray(0, n ?? 0)), /^HTTP\/1\.1 200 /);
-      } finally {
-        conn.close();
-      }
+      await conn.write(new TextEncoder().encode("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+      const buffer = new Uint8Array(512);
+      const n = await conn.read(buffer);
+      assert.match(new TextDecoder().decode(buffer.subarray(0, n ?? 0)), /^HTTP\/1\.1 200 /);
     } finally {
-      for (const conn of stalled) conn.close();
+      conn.close();
     }
   } finally {
-    await Deno.remove(dir, { recursive: true });
+    for (const conn of stalled) conn.close();
   }
 });

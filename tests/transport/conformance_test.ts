@@ -9,12 +9,11 @@
 import assert from "node:assert/strict";
 import { defaultConfig } from "../../src/config.ts";
 import { MUX_SUBPROTOCOL } from "../../src/protocol/mod.ts";
-import { describeFrame, report, startEchoServer, startRelay } from "../_util.ts";
+import { concat, describeFrame, report, startEchoServer, startRelay } from "../_util.ts";
 import {
   acceptFor,
   bytesOf,
   bytewise,
-  concatBytes,
   encodeFrame,
   expectCloseThenEof,
   expectPong,
@@ -206,7 +205,7 @@ Deno.test("handshake: status codes, accept key, extensions, subprotocol, pipelin
   await t.step("frames pipelined in the same write as the request head are processed", async () => {
     const payload = bytesOf("pipelined behind the head");
     const { client } = await RawClient.upgrade(port, MUX_TARGET, {
-      pipelined: concatBytes([frame.binary(openBytes(1, echo.port)), frame.binary(dataBytes(1, payload))]),
+      pipelined: concat([frame.binary(openBytes(1, echo.port)), frame.binary(dataBytes(1, payload))]),
     });
     await using _ = client;
     const reader = new SeedReader(client);
@@ -356,7 +355,7 @@ Deno.test("framing violations: the server closes with 1002, then closes TCP", as
     ]),
   );
   await t.step("4.x a reserved opcode after a valid Ping, written byte by byte", async () => {
-    const bytes = bytewise(concatBytes([frame.ping("a"), encodeFrame({ opcode: 5 })]));
+    const bytes = bytewise(concat([frame.ping("a"), encodeFrame({ opcode: 5 })]));
     await expectViolation(port, bytes, PROTOCOL_ERROR, { gapMs: 1 });
   });
   await table("2.5 control frames with a payload over 125 bytes", [
@@ -433,7 +432,7 @@ Deno.test("ping and pong", async (t) => {
   });
   await t.step("2.9 an unsolicited Pong then a Ping: only the Ping is answered", async () => {
     await using client = await connectMux(port);
-    await client.write(concatBytes([frame.pong("unsolicited"), frame.ping("ping")]));
+    await client.write(concat([frame.pong("unsolicited"), frame.ping("ping")]));
     await expectPong(client, bytesOf("ping"));
     await expectSilence(client, 200);
   });
@@ -443,7 +442,7 @@ Deno.test("ping and pong", async (t) => {
       for (const split of [false, true]) {
         await using client = await connectMux(port);
         const payloads = Array.from({ length: 10 }, (_, i) => bytesOf(`payload-${i}`));
-        const bytes = concatBytes(payloads.map((p) => frame.ping(p)));
+        const bytes = concat(payloads.map((p) => frame.ping(p)));
         await client.write(split ? bytewise(bytes) : [bytes]);
         for (const p of payloads) await expectPong(client, p);
       }
@@ -456,7 +455,7 @@ Deno.test("ping and pong", async (t) => {
         await using client = await connectMux(port);
         const reader = new SeedReader(client);
         const [a, b, c] = fragmentedMessage(Opcode.BINARY, fragmentsOf(openBytes(1, echo.port), 3));
-        const bytes = concatBytes([a!, frame.ping("between-1"), b!, frame.ping("between-2"), c!]);
+        const bytes = concat([a!, frame.ping("between-1"), b!, frame.ping("between-2"), c!]);
         const pieces = split === "whole"
           ? [bytes]
           : split === "bytewise"
@@ -498,7 +497,7 @@ Deno.test("fragmented binary messages are assembled", async (t) => {
     for (const split of ["whole", "bytewise", "chopped"] as const) {
       await using client = await connectMux(port);
       const reader = new SeedReader(client);
-      const bytes = concatBytes(fragmentedMessage(Opcode.BINARY, fragmentsOf(openBytes(7, echo.port), 3)));
+      const bytes = concat(fragmentedMessage(Opcode.BINARY, fragmentsOf(openBytes(7, echo.port), 3)));
       const pieces = split === "whole"
         ? [bytes]
         : split === "bytewise"
@@ -545,9 +544,9 @@ Deno.test("UTF-8 in text messages", async (t) => {
     ["FE and FF", u(0x61, 0xfe, 0xff)],
     [
       "6.4.x valid text around a surrogate",
-      concatBytes([utf8("κόσμε"), u(0xed, 0xa0, 0x80), utf8("edited")]),
+      concat([utf8("κόσμε"), u(0xed, 0xa0, 0x80), utf8("edited")]),
     ],
-    ["a truncated sequence at the end", concatBytes([utf8("ab"), u(0xe2, 0x82)])],
+    ["a truncated sequence at the end", concat([utf8("ab"), u(0xe2, 0x82)])],
   ];
   await t.step("6.3-6.21 invalid UTF-8 in a single text frame -> 1007", async () => {
     await eachCase(
@@ -691,7 +690,7 @@ Deno.test("close handshake", async (t) => {
   });
   await t.step("7.1.3/7.1.4 frames after the client's Close are ignored", async () => {
     await using client = await connectMux(port);
-    const bytes = concatBytes([
+    const bytes = concat([
       frame.close(1000),
       frame.ping("after close"),
       frame.text("after close"),
@@ -869,7 +868,7 @@ Deno.test("valid traffic: frames split at every byte boundary and length-encodin
     await using client = await connectMux(port);
     const reader = new SeedReader(client);
     const payload = bytesOf("one byte per write");
-    const bytes = concatBytes([frame.binary(openBytes(1, echo.port)), frame.binary(dataBytes(1, payload))]);
+    const bytes = concat([frame.binary(openBytes(1, echo.port)), frame.binary(dataBytes(1, payload))]);
     await client.write(bytewise(bytes), { gapMs: 1 });
     await reader.expectAck(1);
     assert.deepEqual(await reader.readData(1, payload.byteLength), payload);
@@ -881,7 +880,7 @@ Deno.test("valid traffic: frames split at every byte boundary and length-encodin
     const length = frame.binary(openBytes(1, 1)).byteLength + frame.binary(dataBytes(1, payload)).byteLength;
     for (let cut = 1; cut < length; cut++) {
       const id = cut;
-      const bytes = concatBytes([
+      const bytes = concat([
         frame.binary(openBytes(id, echo.port)),
         frame.binary(dataBytes(id, payload)),
       ]);
@@ -918,7 +917,7 @@ Deno.test("valid traffic: frames split at every byte boundary and length-encodin
         }
       } else frames.push(frame.binary(message));
     }
-    const bytes = concatBytes(frames);
+    const bytes = concat(frames);
     const pieces = randomSplit(bytes, rng, 400);
     const writing = client.write(pieces, { timeoutMs: 20_000 });
     const totals = new Map(
@@ -926,7 +925,7 @@ Deno.test("valid traffic: frames split at every byte boundary and length-encodin
     );
     const got = await reader.collect(totals, 20_000);
     await writing;
-    for (const [id, parts] of expected) assert.deepEqual(got.get(id), concatBytes(parts), `stream ${id}`);
+    for (const [id, parts] of expected) assert.deepEqual(got.get(id), concat(parts), `stream ${id}`);
     // Pongs may trail the last DATA.
     await reader.waitPongs(pings.length, 2000);
     assert.deepEqual(reader.pongs, pings, "pongs differ from the pings");

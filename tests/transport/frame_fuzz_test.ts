@@ -8,11 +8,10 @@
  * `FUZZ_SEED=<seed>`. Cases are bounded in number and in time.
  */
 import assert from "node:assert/strict";
-import { report, startEchoServer, startRelay } from "../_util.ts";
+import { concat, report, startEchoServer, startRelay } from "../_util.ts";
 import {
   bytesOf,
   closePayload,
-  concatBytes,
   encodeFrame,
   expectCloseThenEof,
   fragmentedMessage,
@@ -187,7 +186,7 @@ function violation(rng: Prng): Violation {
         family: "invalid UTF-8 text",
         frames: split
           ? [frame.text("ok", { fin: false }), frame.continuation(bad)]
-          : [frame.text(concatBytes([bytesOf("ok"), bad]))],
+          : [frame.text(concat([bytesOf("ok"), bad]))],
         code: 1007,
       };
     },
@@ -266,8 +265,8 @@ function generate(rng: Prng, echoPort: number): FuzzCase {
     return {
       name: `valid: ${prefix.length} frames`,
       family: "valid",
-      bytes: concatBytes(prefix),
-      expect: { kind: "echo", data: concatBytes(data), pings },
+      bytes: concat(prefix),
+      expect: { kind: "echo", data: concat(data), pings },
     };
   }
   const v = violation(rng);
@@ -278,7 +277,7 @@ function generate(rng: Prng, echoPort: number): FuzzCase {
   return {
     name: `${v.name} after ${prefix.length} valid frames${trailing.length > 0 ? " + trailing frames" : ""}`,
     family: v.family ?? v.name,
-    bytes: concatBytes([...prefix, ...v.frames, ...trailing]),
+    bytes: concat([...prefix, ...v.frames, ...trailing]),
     expect: { kind: "close", code: v.code, sessionError: v.sessionError ?? false, reply: v.reply ?? false },
   };
 }

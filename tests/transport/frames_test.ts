@@ -16,6 +16,8 @@ import {
   WebSocketError,
 } from "../../src/transport/frames.ts";
 import { findHeadEnd, HttpError, parseRequestHead } from "../../src/transport/http.ts";
+import { concat } from "../_util.ts";
+import { encodeFrame as encodeClientFrame } from "./_frames.ts";
 
 type Event =
   | { kind: "message"; data: Uint8Array; binary: boolean }
@@ -35,42 +37,14 @@ function recorder(): { events: Event[]; handlers: FrameEvents } {
   };
 }
 
-/** A masked client frame with full control over the first byte and the length form. */
+/** A client frame (the test's own encoder), masked with a fixed key unless `mask` is `null`. */
 function clientFrame(
   opcode: number,
   payload: Uint8Array,
   options: { fin?: boolean; rsv?: number; mask?: Uint8Array | null; lengthForm?: 7 | 16 | 64 } = {},
 ): Uint8Array {
-  const { fin = true, rsv = 0 } = options;
-  const mask = options.mask === undefined ? new Uint8Array([0x37, 0xfa, 0x21, 0x3d]) : options.mask;
-  const length = payload.byteLength;
-  const form = options.lengthForm ?? (length < 126 ? 7 : length < 65536 ? 16 : 64);
-  const extra = form === 7 ? 0 : form === 16 ? 2 : 8;
-  const out = new Uint8Array(2 + extra + (mask === null ? 0 : 4) + length);
-  out[0] = (fin ? 0x80 : 0) | (rsv << 4) | opcode;
-  out[1] = (mask === null ? 0 : 0x80) | (form === 7 ? length : form === 16 ? 126 : 127);
-  const view = new DataView(out.buffer);
-  if (form === 16) view.setUint16(2, length);
-  if (form === 64) view.setBigUint64(2, BigInt(length));
-  let at = 2 + extra;
-  if (mask !== null) {
-    out.set(mask, at);
-    at += 4;
-    for (let i = 0; i < length; i++) out[at + i] = payload[i]! ^ mask[i & 3]!;
-  } else {
-    out.set(payload, at);
-  }
-  return out;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.byteLength;
-  }
-  return out;
+  const { mask = new Uint8Array([0x37, 0xfa, 0x21, 0x3d]), ...rest } = options;
+  return encodeClientFrame({ opcode, payload, mask: mask ?? false, ...rest });
 }
 
 function violation(bytes: Uint8Array, maxMessageBytes = 1 << 20): WebSocketError {

@@ -1,0 +1,244 @@
+/**
+ * aero-tcp-mux-v1 end to end: a WebSocket that offers the subprotocol, frames built with the codec, real TCP
+ * targets on loopback. Names resolve through the relay's resolver seam where a test needs them to.
+ */
+import assert from "node:assert/strict";
+import { defaultConfig } from "../../src/config.ts";
+import type { Resolver } from "../../src/core/target.ts";
+import { type RunningRelay, serveRelay } from "../../src/server.ts";
+import {
+  encodeClose,
+  encodeData,
+  encodeOpen,
+  encodePing,
+  MUX_V1_SUBPROTOCOL,
+  MuxCloseFlag,
+  MuxErrorCode,
+  type MuxFrame,
+  MuxFrameDecoder,
+  MuxMsgType,
+} from "../../src/wire/aero_mux_v1_codec.ts";
+import { concat, startEchoServer, startTcpServer, TOKEN, withTimeout } from "../_util.ts";
+
+function startAeroRelay(overrides: Record<string, unknown> = {}, resolve?: Resolver): RunningRelay {
+  return serveRelay(
+    defaultConfig({ port: 0, authTokens: [TOKEN], allowPrivateIps: true, logLevel: "warning", ...overrides }),
+    resolve === undefined ? {} : { resolve },
+  );
+}
+
+/** A client speaking aero-tcp-mux-v1 over Deno's WebSocket, collecting the relay's frames per stream. */
+class AeroClient implements AsyncDisposable {
+  readonly ws: WebSocket;
+  readonly #decoder = new MuxFrameDecoder({ maxPayloadBytes: 16 * 1024 * 1024 });
+  readonly frames: MuxFrame[] = [];
+  #waiters: (() => void)[] = [];
+  readonly closed: Promise<CloseEvent>;
+
+  private constructor(ws: WebSocket) {
+    this.ws = ws;
+    ws.binaryType = "arraybuffer";
+    ws.onmessage = (event) => {
+      for (const frame of this.#decoder.push(new Uint8Array(event.data as ArrayBuffer))) {
+        if (frame.type === "invalid") throw frame.error;
+        this.frames.push(frame);
+      }
+      for (const wake of this.#waiters.splice(0)) wake();
+    };
+    this.closed = new Promise((resolve) => ws.addEventListener("close", resolve, { once: true }));
+  }
+
+  static async connect(port: number): Promise<AeroClient> {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/tcp-mux?token=${TOKEN}`, MUX_V1_SUBPROTOCOL);
+    await new Promise<void>((resolve, reject) => {
+      ws.onopen = () => resolve();
+      ws.onerror = () => reject(new Error("WebSocket failed"));
+    });
+    return new AeroClient(ws);
+  }
+
+  send(...frames: Uint8Array[]): void {
+    for (const frame of frames) this.ws.send(frame);
+  }
+
+  /** Waits until a frame matching `match` has arrived (in order of arrival), and returns it. */
+  async next(match: (f: MuxFrame) => boolean, what: string, timeoutMs = 5000): Promise<MuxFrame> {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const index = this.frames.findIndex(match);
+      if (index >= 0) return this.frames.splice(index, 1)[0]!;
+      const left = deadline - performance.now();
+      if (left <= 0) throw new Error(`Timed out waiting for ${what}`);
+      await withTimeout(new Promise<void>((resolve) => this.#waiters.push(resolve)), left, what).catch(
+        () => {},
+      );
+    }
+  }
+
+  /** Collects DATA of `id` until its CLOSE; returns the bytes and the close flags. */
+  async readToClose(id: number, timeoutMs = 10_000): Promise<{ data: Uint8Array; flags: number }> {
+    const parts: Uint8Array[] = [];
+    for (;;) {
+      const frame = await this.next((f) => f.streamId === id, `stream ${id}`, timeoutMs);
+      if (frame.type === MuxMsgType.DATA) parts.push(frame.data.slice());
+      else if (frame.type === MuxMsgType.CLOSE) return { data: concat(parts), flags: frame.flags };
+      else assert.fail(`unexpected frame ${JSON.stringify(frame)}`);
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.ws.readyState !== WebSocket.CLOSED) this.ws.close();
+    await this.closed;
+  }
+}
+
+const text = (s: string) => new TextEncoder().encode(s);
+
+Deno.test("aero-tcp-mux-v1: echo by name, half-close both ways, ping, concatenated and split frames", async (t) => {
+  await using relay = startAeroRelay();
+  await using echo = startEchoServer();
+  await using client = await AeroClient.connect(relay.port);
+  assert.equal(client.ws.protocol, MUX_V1_SUBPROTOCOL);
+
+  await t.step(
+    "OPEN localhost, DATA before the connect completes, FIN: the echo comes back, then CLOSE FIN",
+    async () => {
+      client.send(encodeOpen(1, { host: "localhost", port: echo.port }), encodeData(1, text("hello")));
+      client.send(encodeClose(1, MuxCloseFlag.FIN));
+      const { data, flags } = await client.readToClose(1);
+      assert.equal(new TextDecoder().decode(data), "hello");
+      assert.equal(flags, MuxCloseFlag.FIN);
+    },
+  );
+
+  await t.step("PING on stream 0 is answered with PONG and the same payload", async () => {
+    client.send(encodePing(0, text("rtt-probe")));
+    const pong = await client.next((f) => f.type === MuxMsgType.PONG, "PONG");
+    assert.equal(pong.streamId, 0);
+    assert.deepEqual((pong as { payload: Uint8Array }).payload, text("rtt-probe"));
+  });
+
+  await t.step("frames concatenated into one message and split across messages", async () => {
+    const bytes = concat([
+      encodeOpen(2, { host: "127.0.0.1", port: echo.port }),
+      encodeData(2, text("split-")),
+      encodeData(2, text("and-packed")),
+      encodeClose(2, MuxCloseFlag.FIN),
+    ]);
+    // Pieces of one byte stream, each its own WebSocket message, cut inside headers and payloads.
+    client.send(bytes.subarray(0, 5), bytes.subarray(5, 23), bytes.subarray(23));
+    const { data, flags } = await client.readToClose(2);
+    assert.equal(new TextDecoder().decode(data), "split-and-packed");
+    assert.equal(flags, MuxCloseFlag.FIN);
+  });
+});
+
+Deno.test("aero-tcp-mux-v1: the target answers after the client's FIN, and its answer still arrives", async () => {
+  await using relay = startAeroRelay();
+  // Reads everything to EOF, then answers with how much it got, then closes.
+  await using target = startTcpServer(async (conn) => {
+    let total = 0;
+    const buffer = new Uint8Array(64 * 1024);
+    for (;;) {
+      const n = await conn.read(buffer);
+      if (n === null) break;
+      total += n;
+    }
+    await conn.write(text(`got ${total}`));
+  });
+  await using client = await AeroClient.connect(relay.port);
+  const upload = new Uint8Array(200_000).fill(7);
+  client.send(encodeOpen(1, { host: "127.0.0.1", port: target.port }));
+  for (let at = 0; at < upload.byteLength; at += 16 * 1024) {
+    client.send(encodeData(1, upload.subarray(at, at + 16 * 1024)));
+  }
+  client.send(encodeClose(1, MuxCloseFlag.FIN));
+  const { data, flags } = await client.readToClose(1);
+  assert.equal(new TextDecoder().decode(data), `got ${upload.byteLength}`);
+  assert.equal(flags, MuxCloseFlag.FIN);
+});
+
+Deno.test("aero-tcp-mux-v1: RST aborts at once; errors carry the protocol's codes and never close the session", async (t) => {
+  await using relay = startAeroRelay({ allowPrivateIps: false, allowCidrs: ["127.0.0.1/32"] });
+  await using echo = startEchoServer();
+  await using client = await AeroClient.connect(relay.port);
+
+  await t.step("a private address is POLICY_DENIED (1); the session lives on", async () => {
+    client.send(encodeOpen(1, { host: "10.0.0.1", port: 80 }));
+    const error = await client.next((f) => f.streamId === 1, "ERROR on 1");
+    assert.equal(error.type, MuxMsgType.ERROR);
+    assert.equal((error as { code: number }).code, MuxErrorCode.POLICY_DENIED);
+  });
+  await t.step("IPv6 special ranges are denied (OPEN frames only)", async () => {
+    let id = 10;
+    for (
+      const host of [
+        "::1",
+        "[fe80::1]",
+        "fc00::1",
+        "64:ff9b::a00:1",
+        "2001:db8::1",
+        "ff02::1",
+        "::ffff:10.0.0.1",
+      ]
+    ) {
+      client.send(encodeOpen(++id, { host, port: 443 }));
+      const error = await client.next((f) => f.streamId === id, `ERROR for ${host}`);
+      assert.equal((error as { code: number }).code, MuxErrorCode.POLICY_DENIED, host);
+    }
+  });
+  await t.step(
+    "DATA for a stream that never existed is UNKNOWN_STREAM (4); a reused id is PROTOCOL_ERROR (3)",
+    async () => {
+      client.send(encodeData(99, text("x")));
+      assert.equal(
+        ((await client.next((f) => f.streamId === 99, "ERROR on 99")) as { code: number }).code,
+        MuxErrorCode.UNKNOWN_STREAM,
+      );
+      client.send(encodeOpen(1, { host: "127.0.0.1", port: echo.port }));
+      assert.equal(
+        ((await client.next((f) => f.streamId === 1, "ERROR on reused 1")) as { code: number }).code,
+        MuxErrorCode.PROTOCOL_ERROR,
+      );
+    },
+  );
+  await t.step("RST: the relay closes the target at once and sends nothing for that stream", async () => {
+    client.send(encodeOpen(2, { host: "127.0.0.1", port: echo.port }), encodeData(2, text("ping")));
+    const echoed = await client.next((f) => f.streamId === 2, "echo on 2");
+    assert.equal(echoed.type, MuxMsgType.DATA);
+    client.send(encodeClose(2, MuxCloseFlag.RST));
+    client.send(encodePing(0, text("after-rst")));
+    await client.next((f) => f.type === MuxMsgType.PONG, "PONG after RST");
+    assert.equal(client.frames.filter((f) => f.streamId === 2).length, 0);
+    assert.equal(relay.relay.metrics.streamsActive, 0);
+  });
+});
+
+Deno.test("aero-tcp-mux-v1: a name is resolved once and every address checked (rebinding seam)", async () => {
+  await using echo = startEchoServer();
+  let calls = 0;
+  // First answer: loopback (allowed here by ALLOW_CIDRS); second answer: a public and a private address.
+  const resolver: Resolver = (name) => {
+    calls++;
+    if (name !== "rebind.test") return Promise.reject(new Error("unknown name"));
+    return Promise.resolve(calls === 1 ? ["127.0.0.1"] : ["93.184.216.34", "10.1.2.3"]);
+  };
+  await using relay = startAeroRelay({ allowPrivateIps: false, allowCidrs: ["127.0.0.1/32"] }, resolver);
+  await using client = await AeroClient.connect(relay.port);
+  client.send(encodeOpen(1, { host: "rebind.test", port: echo.port }), encodeData(1, text("first")));
+  const first = await client.next((f) => f.streamId === 1, "echo via the first answer");
+  assert.equal(first.type, MuxMsgType.DATA);
+  client.send(encodeOpen(2, { host: "rebind.test", port: echo.port }));
+  const second = await client.next((f) => f.streamId === 2, "ERROR for the second answer");
+  assert.equal((second as { code: number }).code, MuxErrorCode.POLICY_DENIED);
+  assert.match((second as { message: string }).message, /10\.1\.2\.3/);
+  assert.equal(calls, 2, "each OPEN resolved its name exactly once");
+});
+
+Deno.test("aero-tcp-mux-v1: a text message closes the session with 1003", async () => {
+  await using relay = startAeroRelay();
+  await using client = await AeroClient.connect(relay.port);
+  client.ws.send("not binary");
+  const event = await withTimeout(client.closed, 3000, "close");
+  assert.equal(event.code, 1003);
+});
