@@ -19,11 +19,12 @@ import {
   type TargetResult,
 } from "./core/target.ts";
 import { AERO_MUX_SUBPROTOCOL, MUX_PATH, MUX_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX } from "./protocol/mod.ts";
-import { CLOSE_GOING_AWAY, Session } from "./core/session.ts";
+import { CLOSE_GOING_AWAY, Session, type Wire } from "./core/session.ts";
 import type { Dial } from "./core/stream.ts";
 import { type ConnInfo, HandshakeError, listen, upgradeWebSocket } from "./transport/listener.ts";
 import { AeroMuxWire } from "./wire/aero_mux_v1.ts";
 import { SeedWire } from "./wire/seed_v1.ts";
+import { AeroTcpWire, parseTcpTarget, TCP_PATH, TCP_STREAM_ID } from "./wire/aero_tcp.ts";
 
 const logger = getLogger(["aero-net-proxy", "server"]);
 
@@ -200,7 +201,7 @@ export class Relay {
     const url = new URL(request.url);
     // --demo only: the browser demo page (src/demo/). Off by default.
     if (this.config.demo && isDemoPath(url.pathname)) return demoResponse(request, url);
-    if (url.pathname !== MUX_PATH) {
+    if (url.pathname !== MUX_PATH && url.pathname !== TCP_PATH) {
       if (url.pathname === "/metrics") {
         const bearer = /^Bearer[ ]+(\S+)\s*$/i.exec(request.headers.get("authorization") ?? "")?.[1];
         if (bearer === undefined) return this.#authFailed(request, info, 401, "missing (metrics)");
@@ -241,6 +242,59 @@ export class Relay {
       return text(400, `Bad Request: offer the "${MUX_SUBPROTOCOL}" subprotocol beside the token`);
     }
 
+    if (url.pathname === TCP_PATH) {
+      if (protocol !== undefined && protocol !== MUX_SUBPROTOCOL) protocol = undefined;
+      return this.#tcpUpgrade(request, info, url, protocol);
+    }
+    return this.#startSession(
+      request,
+      info,
+      protocol,
+      (session) =>
+        framing === "aero" ? new AeroMuxWire(session, this.config.maxFrameBytes) : new SeedWire(session),
+    );
+  };
+
+  /**
+   * `/tcp`: the target comes from the URL (`target=host:port` wins over `host` and `port`) and is resolved and
+   * checked before the upgrade, so that a refusal is an HTTP status (400 bad target, 403 policy, 502 a name
+   * that does not resolve); then one stream to the checked address, raw bytes both ways.
+   */
+  async #tcpUpgrade(
+    request: Request,
+    info: ConnInfo,
+    url: URL,
+    protocol: string | undefined,
+  ): Promise<Response> {
+    const target = parseTcpTarget(url.searchParams);
+    if ("error" in target) return text(400, `Bad Request: ${target.error}`);
+    const checked = await this.#resolveTarget(target, AbortSignal.timeout(this.config.dnsTimeoutMs + 1000));
+    if (!checked.ok) {
+      if (checked.kind === "denied") {
+        Metrics.bump(this.metrics.policyDenied, checked.rule ?? "denied");
+        return text(403, `Forbidden: ${checked.reason}`);
+      }
+      if (checked.kind === "invalid") return text(400, `Bad Request: ${checked.reason}`);
+      return text(502, `Bad Gateway: cannot resolve ${target.host}: ${checked.reason}`);
+    }
+    const address = checked.addresses[0]!;
+    return this.#startSession(
+      request,
+      info,
+      protocol,
+      (session) => new AeroTcpWire(session),
+      (session) => session.openChecked(TCP_STREAM_ID, address, target.port),
+    );
+  }
+
+  /** Session caps, the upgrade, and a session speaking `wire` (started with `begin`, if given). */
+  #startSession(
+    request: Request,
+    info: ConnInfo,
+    protocol: string | undefined,
+    wire: (session: Session) => Wire,
+    begin?: (session: Session) => void,
+  ): Response {
     const clientIp = this.#clientIp(request, info, true);
     // Sessions the relay has closed but whose peer has not finished the close handshake still hold a socket;
     // they count against twice the limit, so that peers that never answer cannot pile up sockets either.
@@ -294,8 +348,7 @@ export class Relay {
       sockets: this.#sockets,
       queue: this.#queue,
       resolveTarget: this.#resolveTarget,
-      wire: (session) =>
-        framing === "aero" ? new AeroMuxWire(session, this.config.maxFrameBytes) : new SeedWire(session),
+      wire,
       onClose: released,
     });
     this.#sessions.add(session);
@@ -316,8 +369,9 @@ export class Relay {
       this.#socketsClosed.delete(session);
     };
     socket.onclose = (event) => socketEnded(event.code, event.reason === "" ? undefined : event.reason);
+    if (begin !== undefined) socket.onopen = () => begin(session);
     return response;
-  };
+  }
 
   #authFailed(request: Request, info: ConnInfo, status: 401 | 403, why: string): Response {
     this.metrics.authFailures++;

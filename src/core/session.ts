@@ -263,6 +263,15 @@ export class Session implements StreamHost {
     this.#startStream(id, { host, port, resolve: true });
   }
 
+  /**
+   * Opens stream `id` to an address that the caller has already resolved and checked against the policy
+   * (`/tcp` checks its target before the upgrade, so that a refusal is an HTTP status).
+   */
+  openChecked(id: number, address: string, port: number): void {
+    if (!this.#admit(id)) return;
+    this.#startStream(id, { host: address, port, resolve: false });
+  }
+
   /** The checks every OPEN passes before it becomes a stream; false when it was refused (and answered). */
   #admit(id: number): boolean {
     if (this.#closed || this.#streams.has(id)) return false;
