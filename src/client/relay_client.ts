@@ -1,35 +1,38 @@
 /**
- * A tcp-mux v1 client over one WebSocket. Uses only web platform APIs (WebSocket, web streams, timers), so the
- * same code runs in browsers and in Deno.
+ * An `aero-tcp-mux-v1` client over one WebSocket. Uses only web platform APIs (WebSocket, web streams, URL,
+ * timers), so the same code runs in browsers and in Deno.
  * @module
  */
 import {
-  decodeServerFrame,
   encodeClose,
   encodeData,
   encodeOpen,
-  ErrorCode,
-  FrameType,
-  MAX_CONNECTION_ID,
-  MUX_SUBPROTOCOL,
-  ProtocolError,
-  type ServerFrame,
-  SESSION_ID,
-  TOKEN_SUBPROTOCOL_PREFIX,
-} from "../protocol/mod.ts";
-import { RelayError, SessionClosedError } from "./errors.ts";
+  encodePong,
+  MUX_CONNECTION_STREAM_ID,
+  MUX_MAX_OPEN_HOST_BYTES,
+  MUX_MAX_STREAM_ID,
+  MUX_V1_SUBPROTOCOL,
+  MuxCloseFlag,
+  MuxErrorCode,
+  MuxFrameDecoder,
+  MuxMsgType,
+} from "../wire/aero_mux_v1_codec.ts";
+import { RelayError, SessionClosedError, StreamResetError } from "./errors.ts";
 
-/** Where the client puts the token on the upgrade request. */
-export type TokenPlacement = "query" | "subprotocol";
+/**
+ * Where the client puts the token on the upgrade request: only `"query"` (`?token=`), as Aero's client does.
+ * The relay does not pair the `aero-token.<token>` subprotocol carrier with `aero-tcp-mux-v1`; that carrier
+ * remains for seed-framing clients only.
+ */
+export type TokenPlacement = "query";
 
 /** Options of {@linkcode RelayClient}. */
 export interface RelayClientOptions {
   /** The relay's token. */
   readonly token: string;
   /**
-   * `"query"` appends `?token=` to the URL. `"subprotocol"` offers
-   * `Sec-WebSocket-Protocol: aero-seed-mux-v1, aero-token.<token>`, which keeps the token out of URLs and
-   * access logs.
+   * `"query"` appends `?token=` to the URL (the only placement; `"subprotocol"` was removed with the move to
+   * `aero-tcp-mux-v1` and throws a `TypeError`).
    * @default {"query"}
    */
   readonly tokenIn?: TokenPlacement;
@@ -51,8 +54,8 @@ export interface RelayClientOptions {
   readonly readableHighWaterMark?: number;
   /**
    * Bytes a stream's `readable` may hold unread before the client gives the stream up with a `RelayError`
-   * (code 8, `BACKPRESSURE`). Protocol v1 cannot pause one stream of a WebSocket, so this bound is what keeps
-   * an application that stops reading from filling memory.
+   * (code 6, `STREAM_BUFFER_OVERFLOW`) and resets it (CLOSE RST). The protocol cannot pause one stream of a
+   * WebSocket, so this bound is what keeps an application that stops reading from filling memory.
    * @default {16777216}
    */
   readonly readableMaxBytes?: number;
@@ -61,8 +64,14 @@ export interface RelayClientOptions {
 /** An IPv4 address: dotted-quad text or four bytes. */
 export type Ipv4Address = string | readonly number[];
 
+/**
+ * A target host: a name (`"example.com"`, `"localhost"`), an IPv4 address (text or four bytes) or an IPv6
+ * address, with or without brackets (`"::1"`, `"[2001:db8::1]"`). The relay resolves names and checks every
+ * address against its policy.
+ */
+export type Host = string | readonly number[];
+
 const DEFAULTS = {
-  tokenIn: "query" as TokenPlacement,
   chunkSize: 16 * 1024,
   sendHighWaterMark: 1024 * 1024,
   readableHighWaterMark: 256 * 1024,
@@ -70,9 +79,12 @@ const DEFAULTS = {
 };
 /** How often a waiting writer checks whether the WebSocket has drained (it has no drain event). */
 const DRAIN_POLL_MS = 2;
-/** RFC 7230 `token` characters, the only ones a subprotocol may contain. */
-const SUBPROTOCOL_CHARS = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const DOTTED_QUAD = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
+/** Digits and dots only: meant as an IPv4 address, never a name. */
+const NUMERIC_HOST = /^[\d.]+$/;
+/** Characters no host name contains: white space and URL delimiters (controls are checked apart). */
+const NOT_IN_NAMES = /[\s/\\?#@[\]%]/u;
+const utf8 = new TextEncoder();
 
 /** Parses `ip` into four bytes; throws a `TypeError` for anything that is not an IPv4 address. */
 export function parseIpv4(ip: Ipv4Address): [number, number, number, number] {
@@ -81,11 +93,56 @@ export function parseIpv4(ip: Ipv4Address): [number, number, number, number] {
     parts === undefined || parts.length !== 4 ||
     !parts.every((b) => Number.isInteger(b) && b >= 0 && b <= 255)
   ) {
-    throw new TypeError(
-      `Cannot connect: ${JSON.stringify(ip)} is not an IPv4 address (protocol v1 carries IPv4 only)`,
-    );
+    throw new TypeError(`Cannot connect: ${JSON.stringify(ip)} is not an IPv4 address`);
   }
   return parts as [number, number, number, number];
+}
+
+/** A host as the OPEN frame carries it, and as `remote` shows it. */
+interface ParsedHost {
+  /** What OPEN sends: a name, dotted-quad IPv4, or IPv6 without brackets. */
+  readonly wire: string;
+  /** For `host:port` display: IPv6 in brackets. */
+  readonly display: string;
+}
+
+function hasControl(text: string): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code < 0x20 || code === 0x7f) return true;
+  }
+  return false;
+}
+
+/** Checks and normalizes a {@linkcode Host}; throws a `TypeError` for what can be no host at all. */
+function parseHost(host: Host): ParsedHost {
+  if (typeof host !== "string") {
+    const quad = parseIpv4(host).join(".");
+    return { wire: quad, display: quad };
+  }
+  const bracketed = host.startsWith("[") && host.endsWith("]");
+  const inner = bracketed ? host.slice(1, -1) : host;
+  if (bracketed || inner.includes(":")) {
+    let canonical: string;
+    try {
+      // The URL parser is the platform's IPv6 parser; it answers the canonical (compressed) form.
+      canonical = new URL(`http://[${inner}]/`).hostname.slice(1, -1);
+    } catch {
+      throw new TypeError(`Cannot connect: ${JSON.stringify(host)} is not an IPv6 address`);
+    }
+    return { wire: canonical, display: `[${canonical}]` };
+  }
+  if (NUMERIC_HOST.test(host)) {
+    const quad = parseIpv4(host).join(".");
+    return { wire: quad, display: quad };
+  }
+  if (
+    host === "" || NOT_IN_NAMES.test(host) || hasControl(host) ||
+    utf8.encode(host).byteLength > MUX_MAX_OPEN_HOST_BYTES
+  ) {
+    throw new TypeError(`Cannot connect: ${JSON.stringify(host)} is not a host name or an IP address`);
+  }
+  return { wire: host, display: host };
 }
 
 function positive(name: string, value: number | undefined, fallback: number): number {
@@ -106,16 +163,16 @@ interface DrainWaiter {
 }
 
 /**
- * One session with a relay: one WebSocket carrying many TCP streams.
+ * One session with a relay: one WebSocket, subprotocol `aero-tcp-mux-v1`, carrying many TCP streams.
  *
- * The WebSocket opens when the client is constructed. Connection ids start at 1 and are never reused within
- * the session. When the session ends, every open stream fails with a {@linkcode SessionClosedError}; a
- * client is not reconnected, make a new one.
+ * The WebSocket opens when the client is constructed. Stream ids start at 1 and are never reused within the
+ * session. When the session ends, every open stream fails with a {@linkcode SessionClosedError}; a client is
+ * not reconnected, make a new one.
  *
  * @example
  * ```ts
  * const relay = new RelayClient("wss://relay.example/tcp-mux", { token });
- * const stream = await relay.connect("93.184.216.34", 80);
+ * const stream = await relay.connect("example.com", 80);
  * ```
  */
 export class RelayClient implements AsyncDisposable {
@@ -125,6 +182,7 @@ export class RelayClient implements AsyncDisposable {
   readonly closed: Promise<SessionClosedError>;
 
   readonly #socket: Socket;
+  readonly #decoder = new MuxFrameDecoder();
   readonly #chunkSize: number;
   readonly #sendHighWaterMark: number;
   readonly #readableHighWaterMark: number;
@@ -132,6 +190,8 @@ export class RelayClient implements AsyncDisposable {
   readonly #streams = new Map<number, StreamCore>();
   #nextId = 1;
   #wasOpen = false;
+  /** The relay broke the protocol: nothing more it sends is read. */
+  #broken = false;
   #end: SessionClosedError | undefined;
   #sessionError: RelayError | undefined;
   #drainWaiters: DrainWaiter[] = [];
@@ -145,7 +205,19 @@ export class RelayClient implements AsyncDisposable {
     if (typeof options?.token !== "string" || options.token === "") {
       throw new TypeError("Cannot create RelayClient: a token is required");
     }
-    const tokenIn = options.tokenIn ?? DEFAULTS.tokenIn;
+    const tokenIn: string = options.tokenIn ?? "query";
+    if (tokenIn === "subprotocol") {
+      throw new TypeError(
+        'Cannot create RelayClient: tokenIn "subprotocol" is no longer supported. RelayClient speaks ' +
+          "aero-tcp-mux-v1, which the relay does not pair with the aero-token.<token> subprotocol; " +
+          'use tokenIn "query" (the default)',
+      );
+    }
+    if (tokenIn !== "query") {
+      throw new TypeError(
+        `Cannot create RelayClient: tokenIn must be "query", got ${JSON.stringify(tokenIn)}`,
+      );
+    }
     this.#chunkSize = positive("chunkSize", options.chunkSize, DEFAULTS.chunkSize);
     this.#sendHighWaterMark = positive(
       "sendHighWaterMark",
@@ -164,19 +236,7 @@ export class RelayClient implements AsyncDisposable {
     );
 
     const target = new URL(url);
-    let protocols: string[] | undefined;
-    if (tokenIn === "query") {
-      target.searchParams.set("token", options.token);
-    } else if (tokenIn === "subprotocol") {
-      if (!SUBPROTOCOL_CHARS.test(options.token)) {
-        throw new TypeError(
-          "Cannot create RelayClient: the token contains characters a WebSocket subprotocol cannot carry",
-        );
-      }
-      protocols = [MUX_SUBPROTOCOL, `${TOKEN_SUBPROTOCOL_PREFIX}${options.token}`];
-    } else {
-      throw new TypeError(`Cannot create RelayClient: tokenIn must be "query" or "subprotocol"`);
-    }
+    target.searchParams.set("token", options.token);
 
     const opened = Promise.withResolvers<void>();
     const ended = Promise.withResolvers<SessionClosedError>();
@@ -185,7 +245,7 @@ export class RelayClient implements AsyncDisposable {
     // Callers that only ever call connect() learn about a failed open from there.
     this.ready.catch(() => {});
 
-    const socket = new WebSocket(target, protocols);
+    const socket = new WebSocket(target, [MUX_V1_SUBPROTOCOL]);
     this.#socket = socket;
     socket.binaryType = "arraybuffer";
     socket.onopen = () => {
@@ -207,39 +267,44 @@ export class RelayClient implements AsyncDisposable {
     return this.#end !== undefined;
   }
 
-  /** Streams that are opening or open. */
+  /** Streams that are open (their end has not been seen yet). */
   get streamCount(): number {
     return this.#streams.size;
   }
 
   /**
-   * Opens a TCP stream to `ip:port` through the relay.
+   * Opens a TCP stream to `host:port` through the relay.
    *
-   * @param ip IPv4 address, as `"93.184.216.34"` or `[93, 184, 216, 34]` (protocol v1 has no host names)
+   * `aero-tcp-mux-v1` has no OPEN acknowledgement, so this resolves as soon as the OPEN frame is sent, as
+   * Aero's own client does: you may write at once (the relay queues the bytes until it has connected). A
+   * refusal or a failed connect arrives later, as a {@linkcode RelayError} on the stream: `readable` errors,
+   * writes reject and `closed` rejects with it (code 1 `POLICY_DENIED`, 2 `DIAL_FAILED`, ...).
+   *
+   * @param host a name, an IPv4 address (`"93.184.216.34"` or `[93, 184, 216, 34]`) or an IPv6 address
    * @param port TCP port, 1 to 65535
-   * @returns the stream, once the relay has connected to the target
-   * @throws {RelayError} when the relay refuses (code 3, 4, 5) or cannot connect (code 6)
-   * @throws {SessionClosedError} when the session is gone or goes away meanwhile
+   * @returns the stream
+   * @throws {TypeError} when `host` is no host name or IP address at all; {RangeError} for a bad port
+   * @throws {SessionClosedError} when the session is gone (or never opened)
    */
-  async connect(ip: Ipv4Address, port: number): Promise<RelayStream> {
-    const address = parseIpv4(ip);
+  async connect(host: Host, port: number): Promise<RelayStream> {
+    const target = parseHost(host);
     if (!Number.isInteger(port) || port < 1 || port > 0xffff) {
       throw new RangeError(`Cannot connect: port ${port} is not from 1 to 65535`);
     }
     await this.ready;
     if (this.#end !== undefined) throw this.#end;
-    if (this.#nextId > MAX_CONNECTION_ID) {
-      throw new RangeError("Cannot connect: this session has used every connection id; open a new client");
+    if (this.#nextId > MUX_MAX_STREAM_ID) {
+      throw new RangeError("Cannot connect: this session has used every stream id; open a new client");
     }
     const id = this.#nextId++;
-    const core = new StreamCore(this, id, `${address.join(".")}:${port}`, {
+    const core = new StreamCore(this, id, `${target.display}:${port}`, {
       readableHighWaterMark: this.#readableHighWaterMark,
       readableMaxBytes: this.#readableMaxBytes,
       chunkSize: this.#chunkSize,
     });
     this.#streams.set(id, core);
-    this.#socket.send(encodeOpen(id, address, port));
-    return await core.opened;
+    this.#socket.send(encodeOpen(id, { host: target.wire, port }));
+    return core.stream;
   }
 
   /** Closes the WebSocket (code 1000); every stream still open fails with a `SessionClosedError`. */
@@ -306,34 +371,64 @@ export class RelayClient implements AsyncDisposable {
     }
   }
 
+  /** The relay broke the protocol: the session is closed with `closeCode`, `message` becomes its cause. */
+  #violation(message: string, closeCode: number, cause?: unknown): void {
+    this.#broken = true;
+    this.#sessionError = new RelayError(
+      MuxErrorCode.PROTOCOL_ERROR,
+      `The relay broke aero-tcp-mux-v1: ${message}`,
+      cause === undefined ? {} : { cause },
+    );
+    this.#socket.close(closeCode, "protocol error from the relay");
+  }
+
   #onMessage(data: unknown): void {
+    if (this.#broken) return;
     if (!(data instanceof ArrayBuffer)) {
-      this.#socket.close(1002, "tcp-mux v1 frames are binary");
+      this.#violation("a text message (the protocol is binary)", 1003);
       return;
     }
-    let frame: ServerFrame;
-    try {
-      frame = decodeServerFrame(new Uint8Array(data));
-    } catch (err: unknown) {
-      if (!(err instanceof ProtocolError)) throw err;
-      this.#sessionError = new RelayError(
-        ErrorCode.INVALID_FRAME,
-        `The relay sent a bad frame: ${err.message}`,
-        {
-          cause: err,
-        },
-      );
-      this.#socket.close(1002, "invalid frame from the relay");
-      return;
-    }
-    if (frame.connectionId === SESSION_ID) {
-      if (frame.type === FrameType.ERROR) {
-        this.#sessionError = new RelayError(frame.code, frame.message, { connectionId: SESSION_ID });
+    // Frames are a byte stream: a message may hold several, and a frame may span messages.
+    for (const frame of this.#decoder.push(new Uint8Array(data))) {
+      switch (frame.type) {
+        case "invalid":
+          if (frame.error.scope === "session") {
+            this.#violation(frame.error.message, 1002, frame.error);
+            return;
+          }
+          // The relay's bytes for that stream cannot be trusted: give it up and tell the relay.
+          this.#streams.get(frame.streamId)?.reset(
+            new RelayError(
+              MuxErrorCode.PROTOCOL_ERROR,
+              `The relay sent a bad frame: ${frame.error.message}`,
+              { connectionId: frame.streamId, cause: frame.error },
+            ),
+          );
+          continue;
+        case MuxMsgType.OPEN:
+          this.#violation("an OPEN frame, which only clients send", 1002);
+          return;
+        case MuxMsgType.DATA:
+          // Frames for a stream that already ended here (crossing our RST on the wire) are dropped.
+          this.#streams.get(frame.streamId)?.onData(frame.data);
+          continue;
+        case MuxMsgType.CLOSE:
+          this.#streams.get(frame.streamId)?.onClose(frame.flags);
+          continue;
+        case MuxMsgType.ERROR: {
+          const error = new RelayError(frame.code, frame.message, { connectionId: frame.streamId });
+          if (frame.streamId === MUX_CONNECTION_STREAM_ID) this.#sessionError = error;
+          else this.#streams.get(frame.streamId)?.onError(error);
+          continue;
+        }
+        case MuxMsgType.PING:
+          this.sendFrame(encodePong(frame.streamId, frame.payload));
+          continue;
+        case MuxMsgType.PONG:
+          // The client sends no PING, so a PONG answers nothing.
+          continue;
       }
-      return;
     }
-    // Frames for a stream that already ended locally (e.g. the CLOSE behind an ERROR 6) are dropped.
-    this.#streams.get(frame.connectionId)?.onFrame(frame);
   }
 
   #finishSession(code: number, reason: string): SessionClosedError {
@@ -365,86 +460,111 @@ interface StreamCoreOptions {
   readonly chunkSize: number;
 }
 
-type StreamState = "opening" | "open" | "closing" | "done";
-
 /** One stream's state machine; {@linkcode RelayStream} is its public face. */
 class StreamCore {
   readonly id: number;
   readonly remote: string;
-  readonly opened: Promise<RelayStream>;
   readonly closed: Promise<void>;
+  readonly stream: RelayStream;
   readonly #client: RelayClient;
   readonly #options: StreamCoreOptions;
-  readonly #opened: PromiseWithResolvers<RelayStream>;
   readonly #closed: PromiseWithResolvers<void>;
-  #state: StreamState = "opening";
+  /** Whether the stream has ended (the relay's CLOSE or ERROR, our RST, or the session's end). */
+  #done = false;
+  /** Whether our CLOSE FIN has been sent: no more DATA from us. */
+  #finSent = false;
   #error: unknown;
   #readableController: ReadableStreamDefaultController<Uint8Array> | undefined;
   #writableController: WritableStreamDefaultController | undefined;
   #readableDone = false;
-  #writableClosing = false;
 
   constructor(client: RelayClient, id: number, remote: string, options: StreamCoreOptions) {
     this.#client = client;
     this.id = id;
     this.remote = remote;
     this.#options = options;
-    this.#opened = Promise.withResolvers<RelayStream>();
     this.#closed = Promise.withResolvers<void>();
-    this.opened = this.#opened.promise;
     this.closed = this.#closed.promise;
     // Marked handled: a caller who never looks at `closed` must not get an unhandled rejection.
     this.closed.catch(() => {});
+    this.stream = new RelayStream(this, this.#makeReadable(), this.#makeWritable());
   }
 
-  onFrame(frame: ServerFrame): void {
-    switch (frame.type) {
-      case FrameType.OPEN:
-        if (this.#state !== "opening") return;
-        this.#state = "open";
-        this.#opened.resolve(new RelayStream(this, this.#makeReadable(), this.#makeWritable()));
-        return;
-      case FrameType.DATA:
-        if (this.#state === "open" || this.#state === "closing") this.#deliver(frame.data);
-        return;
-      case FrameType.ERROR:
-        this.fail(new RelayError(frame.code, frame.message, { connectionId: this.id }));
-        return;
-      case FrameType.CLOSE:
-        this.#finish();
-        return;
+  onData(data: Uint8Array): void {
+    const controller = this.#readableController;
+    if (this.#done || controller === undefined || this.#readableDone) return;
+    const queued = this.#options.readableHighWaterMark - (controller.desiredSize ?? 0);
+    if (queued + data.byteLength > this.#options.readableMaxBytes) {
+      this.reset(
+        new RelayError(
+          MuxErrorCode.STREAM_BUFFER_OVERFLOW,
+          `Stream ${this.id} gave up: more than ${this.#options.readableMaxBytes} bytes arrived unread`,
+          { connectionId: this.id },
+        ),
+      );
+      return;
     }
+    controller.enqueue(data);
   }
 
-  /** Sends CLOSE once; the stream ends when the relay answers CLOSE (after flushing to the target). */
+  /** The relay's CLOSE: FIN is the target's end of stream (every byte has arrived), RST a reset. */
+  onClose(flags: number): void {
+    if (this.#done) return;
+    if ((flags & MuxCloseFlag.RST) !== 0) {
+      this.#fail(
+        new StreamResetError(
+          `Stream ${this.id} to ${this.remote} was reset by the relay before the target ended it`,
+          { connectionId: this.id },
+        ),
+      );
+      return;
+    }
+    this.#done = true;
+    this.#client.retire(this.id);
+    this.#client.cancelWaits(this, this.#endedError());
+    if (!this.#readableDone) {
+      this.#readableDone = true;
+      this.#readableController?.close();
+    }
+    // The writable is left alone: a close() on it resolves, a later write rejects (the relay has forgotten the
+    // stream, so nothing more can reach the target).
+    this.#closed.resolve();
+  }
+
+  /** The relay's ERROR: terminal, no CLOSE follows. */
+  onError(err: RelayError): void {
+    this.#fail(err);
+  }
+
+  /** Fails the stream with `err` (the session's end). */
+  fail(err: unknown): void {
+    this.#fail(err);
+  }
+
+  /** Ends the stream here with `err` and tells the relay (CLOSE RST). */
+  reset(err: unknown): void {
+    if (this.#done) return;
+    this.#client.sendFrame(encodeClose(this.id, MuxCloseFlag.RST));
+    this.#fail(err);
+  }
+
+  /** Half-closes: sends CLOSE FIN once; `readable` goes on until the relay's CLOSE. */
+  closeWrite(): void {
+    if (this.#done || this.#finSent) return;
+    this.#finSent = true;
+    this.#client.sendFrame(encodeClose(this.id, MuxCloseFlag.FIN));
+  }
+
+  /** Sends FIN (if not yet sent) and waits for the stream's end. */
   close(): Promise<void> {
-    if (this.#state === "open") {
-      this.#state = "closing";
-      if (!this.#client.sendFrame(encodeClose(this.id))) this.#finish();
-    }
+    this.closeWrite();
     return this.closed;
   }
 
-  /** Ends the stream now: sends CLOSE, discards what still arrives, fails the readable and writable. */
+  /** Ends the stream now: sends CLOSE RST, fails the readable and writable with `reason`. */
   abort(reason: unknown): Promise<void> {
-    if (this.#state === "open" || this.#state === "closing") {
-      this.#client.sendFrame(encodeClose(this.id));
-      this.#fail(reason ?? new TypeError(`Stream ${this.id} was aborted`));
-    }
+    this.reset(reason ?? new TypeError(`Stream ${this.id} was aborted`));
     return this.closed.catch(() => {});
-  }
-
-  /** Fails the stream with `err` (an ERROR frame, or the session's end). */
-  fail(err: unknown): void {
-    if (this.#state === "opening") {
-      this.#state = "done";
-      this.#error = err;
-      this.#client.retire(this.id);
-      this.#opened.reject(err);
-      this.#closed.reject(err);
-      return;
-    }
-    this.#fail(err);
   }
 
   async write(chunk: Uint8Array): Promise<void> {
@@ -453,11 +573,14 @@ class StreamCore {
     }
     for (let offset = 0; offset < chunk.byteLength; offset += this.#options.chunkSize) {
       await this.#client.waitForRoom(this);
-      if (this.#state !== "open") {
-        throw this.#error ?? new TypeError(`Cannot write: stream ${this.id} is closed`);
-      }
+      if (this.#done) throw this.#error ?? this.#endedError();
+      if (this.#finSent) throw new TypeError(`Cannot write: stream ${this.id} is closed for writing`);
       this.#client.sendFrame(encodeData(this.id, chunk.subarray(offset, offset + this.#options.chunkSize)));
     }
+  }
+
+  #endedError(): TypeError {
+    return new TypeError(`Cannot write: stream ${this.id} has ended`);
   }
 
   #makeReadable(): ReadableStream<Uint8Array> {
@@ -465,7 +588,7 @@ class StreamCore {
       start: (controller) => {
         this.#readableController = controller;
       },
-      // The application no longer wants the bytes: v1 has no half-close, so the whole stream ends.
+      // The application no longer wants the bytes: a stream cannot be half-closed for reading, so it is reset.
       cancel: (reason) => {
         this.#readableDone = true;
         return this.abort(reason);
@@ -479,55 +602,15 @@ class StreamCore {
         this.#writableController = controller;
       },
       write: (chunk) => this.write(chunk),
-      close: () => {
-        this.#writableClosing = true;
-        return this.close();
-      },
+      // Half-close: the relay writes what was sent, then the target gets a FIN and may still answer.
+      close: () => this.closeWrite(),
       abort: (reason) => this.abort(reason),
     });
   }
 
-  #deliver(data: Uint8Array): void {
-    const controller = this.#readableController;
-    if (controller === undefined || this.#readableDone) return;
-    const queued = this.#options.readableHighWaterMark - (controller.desiredSize ?? 0);
-    if (queued + data.byteLength > this.#options.readableMaxBytes) {
-      this.#client.sendFrame(encodeClose(this.id));
-      this.#fail(
-        new RelayError(
-          ErrorCode.BACKPRESSURE,
-          `Stream ${this.id} gave up: more than ${this.#options.readableMaxBytes} bytes arrived unread`,
-          { connectionId: this.id },
-        ),
-      );
-      return;
-    }
-    controller.enqueue(data);
-  }
-
-  /** The relay's CLOSE: every byte has arrived. */
-  #finish(): void {
-    if (this.#state === "done") return;
-    if (this.#state === "opening") {
-      this.fail(new RelayError(ErrorCode.INTERNAL_ERROR, `Stream ${this.id} closed before it opened`));
-      return;
-    }
-    this.#state = "done";
-    this.#client.retire(this.id);
-    const ended = new TypeError(`Cannot write: stream ${this.id} is closed`);
-    this.#client.cancelWaits(this, ended);
-    if (!this.#readableDone) {
-      this.#readableDone = true;
-      this.#readableController?.close();
-    }
-    // A close() in flight on `writable` resolves normally; otherwise later writes fail.
-    if (!this.#writableClosing) this.#writableController?.error(ended);
-    this.#closed.resolve();
-  }
-
   #fail(err: unknown): void {
-    if (this.#state === "done") return;
-    this.#state = "done";
+    if (this.#done) return;
+    this.#done = true;
     this.#error = err;
     this.#client.retire(this.id);
     this.#client.cancelWaits(this, err);
@@ -542,16 +625,24 @@ class StreamCore {
 
 /**
  * One TCP stream through the relay. `readable` yields what the target sends; `writable` sends to the target.
- * Protocol v1 has no half-close: closing either side ends the whole stream.
+ * Half-close works as in TCP: closing `writable` sends the target a FIN, and `readable` goes on delivering
+ * its answer until the target ends its side too.
  */
 export class RelayStream {
-  /** The connection id (unique within the session). */
+  /** The stream id (unique within the session). */
   readonly id: number;
-  /** The target, as `ip:port`. */
+  /** The target as given to `connect()`, as `host:port` (IPv6 in brackets). */
   readonly remote: string;
-  /** Bytes from the target; closes when the target closes, errors with a `RelayError` or `SessionClosedError`. */
+  /**
+   * Bytes from the target; closes at the target's end of stream (the relay's CLOSE FIN), errors with a
+   * `RelayError` (the relay's ERROR), a `StreamResetError` (the relay's CLOSE RST) or a `SessionClosedError`.
+   * Cancelling it resets the stream (CLOSE RST).
+   */
   readonly readable: ReadableStream<Uint8Array>;
-  /** Bytes to the target, sent in DATA frames of at most `chunkSize`; a write resolves once it is sent. */
+  /**
+   * Bytes to the target, sent in DATA frames of at most `chunkSize`; a write resolves once it is sent.
+   * `close()` half-closes (CLOSE FIN), `abort()` resets the stream (CLOSE RST).
+   */
   readonly writable: WritableStream<Uint8Array>;
   readonly #core: StreamCore;
 
@@ -563,21 +654,25 @@ export class RelayStream {
     this.writable = writable;
   }
 
-  /** Resolves when the relay has closed the stream; rejects with the error that ended it otherwise. */
+  /**
+   * Resolves when the stream has ended cleanly (the target's end of stream has arrived); rejects with the
+   * error that ended it otherwise, e.g. the relay's `RelayError` for a refused or failed connect.
+   */
   get closed(): Promise<void> {
     return this.#core.closed;
   }
 
   /**
-   * Closes the stream gracefully: the relay writes every byte already sent to the target, closes the socket,
-   * and answers CLOSE; bytes that arrive meanwhile still reach `readable`.
-   * @returns resolves once the relay has answered CLOSE
+   * Half-closes the stream (CLOSE FIN, as closing `writable` does, but also while a writer holds it; writes
+   * still queued then fail) and waits for its end: the target may still answer, and its bytes still reach
+   * `readable`.
+   * @returns resolves once the target has ended its side too
    */
   close(): Promise<void> {
     return this.#core.close();
   }
 
-  /** Ends the stream at once: `readable` and `writable` fail with `reason`, later bytes are dropped. */
+  /** Ends the stream at once (CLOSE RST): `readable` and `writable` fail with `reason`, later bytes are dropped. */
   abort(reason?: unknown): Promise<void> {
     return this.#core.abort(reason);
   }

@@ -55,17 +55,23 @@ async function readReply(readable: ReadableStream<Uint8Array>): Promise<string> 
   return text;
 }
 
+/** `host:port`, the host a name, an IPv4 address or a bracketed IPv6 address. */
+const TARGET = /^(\[[^\]\s]+\]|[^\s:[\]]+):(\d{1,5})$/;
+
 async function send(token: string, target: string, line: string): Promise<string> {
-  const match = /^(\d+\.\d+\.\d+\.\d+):(\d+)$/.exec(target.trim());
-  if (match === null) throw new TypeError(`"${target}" is not ip:port, e.g. 93.184.216.34:80`);
+  const match = TARGET.exec(target.trim());
+  if (match === null) {
+    throw new TypeError(`"${target}" is not host:port, e.g. example.com:80, 93.184.216.34:80 or [::1]:80`);
+  }
   const client = new RelayClient(muxUrl(), { token });
   try {
     show(`Connecting to ${match[1]}:${match[2]}...`);
+    // aero-tcp-mux-v1 acknowledges no OPEN: a refusal or a failed connect arrives as a RelayError on the read.
     const stream = await client.connect(match[1]!, Number(match[2]));
     const writer = stream.writable.getWriter();
     await writer.write(new TextEncoder().encode(`${line}\r\n\r\n`));
     writer.releaseLock();
-    show(`Connected (stream ${stream.id}); waiting for the reply...`);
+    show(`Sent on stream ${stream.id}; waiting for the reply...`);
     return await readReply(stream.readable);
   } finally {
     await client.close();

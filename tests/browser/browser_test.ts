@@ -17,14 +17,19 @@ if (missing !== undefined) {
 }
 
 Deno.test({
-  name: "in headless Chromium the client fetches over HTTP, downloads 8 MiB intact and reports RelayError 3",
+  name:
+    "in headless Chromium the client fetches over HTTP, by name, downloads 8 MiB, half-closes, reports RelayError 1",
   ignore: missing !== undefined,
 }, async (t) => {
   await using echo = startEchoServer();
   await using source = startSourceServer(DOWNLOAD_BYTES, 88);
   await using http = startHttpServer();
-  // Loopback targets are allowed, every other special range (10.0.0.0/8 included) is denied.
-  await using relay = startRelay({ demo: true, allowPrivateIps: false, allowCidrs: ["127.0.0.0/8"] });
+  // Loopback targets are allowed (both of localhost's addresses), every other special range is denied.
+  await using relay = startRelay({
+    demo: true,
+    allowPrivateIps: false,
+    allowCidrs: ["127.0.0.0/8", "::1/128"],
+  });
   await using page = await BrowserPage.open();
 
   await t.step("the demo page loads from the relay with its client", async () => {
@@ -101,7 +106,35 @@ Deno.test({
     assert.equal(result.sha256, patternDigest(DOWNLOAD_BYTES, 88));
   });
 
-  await t.step("a denied destination surfaces as a RelayError with code 3", async () => {
+  await t.step(
+    "by name, with half-close: the target's answer after the client's FIN still arrives",
+    async () => {
+      const echoed = await page.screenshotOnFailure(
+        "half-close by name",
+        () =>
+          page.evaluate(async ({ clientUrl, token, port }) => {
+            const { RelayClient } = (await import(clientUrl)) as ClientModule;
+            const client = new RelayClient(`ws://${location.host}/tcp-mux`, { token });
+            try {
+              const stream = await client.connect("localhost", port);
+              const writer = stream.writable.getWriter();
+              await writer.write(new TextEncoder().encode("half-closed in Chromium"));
+              await writer.close();
+              let text = "";
+              const decoder = new TextDecoder();
+              for await (const chunk of stream.readable) text += decoder.decode(chunk, { stream: true });
+              await stream.closed;
+              return { remote: stream.remote, text };
+            } finally {
+              await client.close();
+            }
+          }, { clientUrl: CLIENT_URL, token: TOKEN, port: echo.port }),
+      );
+      assert.deepEqual(echoed, { remote: `localhost:${echo.port}`, text: "half-closed in Chromium" });
+    },
+  );
+
+  await t.step("a denied destination surfaces as a RelayError with code 1 on the stream", async () => {
     const caught = await page.screenshotOnFailure(
       "denied destination",
       () =>
@@ -109,7 +142,9 @@ Deno.test({
           const { RelayClient, RelayError } = (await import(clientUrl)) as ClientModule;
           const client = new RelayClient(`ws://${location.host}/tcp-mux`, { token });
           try {
-            await client.connect("10.0.0.1", 80);
+            // No OPEN acknowledgement: connect() resolves, and the refusal ends the stream.
+            const stream = await client.connect("10.0.0.1", 80);
+            await stream.closed;
             return { resolved: true };
           } catch (err) {
             return {
@@ -131,13 +166,13 @@ Deno.test({
         resolved: false,
         isRelayError: true,
         name: "RelayError",
-        code: 3,
+        code: 1,
         codeName: "POLICY_DENIED",
         message: undefined,
       },
     );
     assert.match(String(caught.message), /10\.0\.0\.1:80 denied/);
-    assert.equal(relay.relay.metrics.streamsTotal, 2, "the denied OPEN never became a stream");
+    assert.equal(relay.relay.metrics.errorsSent.get("POLICY_DENIED"), 1);
   });
 
   await t.step("the demo form sends a line and shows the reply", async () => {

@@ -1,16 +1,17 @@
 /**
- * The client in Deno against a real relay and real TCP targets on 127.0.0.1.
+ * The client (aero-tcp-mux-v1) in Deno against a real relay and real TCP targets on 127.0.0.1.
  */
 import assert from "node:assert/strict";
 import {
-  ErrorCode,
-  MUX_SUBPROTOCOL,
+  AERO_MUX_SUBPROTOCOL,
+  MUX_ERROR_CODE_NAMES,
+  MuxErrorCode,
   RelayClient,
   RelayError,
+  type RelayStream,
   SessionClosedError,
-  TOKEN_SUBPROTOCOL_PREFIX,
+  StreamResetError,
 } from "../../src/client/mod.ts";
-import { MUX_PATH } from "../../src/protocol/mod.ts";
 import { spawnRelay } from "../_process.ts";
 import {
   closedPort,
@@ -24,6 +25,7 @@ import {
   startRelay,
   startSinkServer,
   startSourceServer,
+  startTcpServer,
   TOKEN,
   withTimeout,
 } from "../_util.ts";
@@ -37,19 +39,43 @@ function clientFor(port: number, options: Partial<ConstructorParameters<typeof R
   return new RelayClient(muxUrl(port, null), { token: TOKEN, ...options });
 }
 
+/** What `promise` rejected with (or undefined if it resolved). */
+function rejection(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(() => undefined, (e: unknown) => e);
+}
+
 async function assertRelayError(
   promise: Promise<unknown>,
   code: number,
   pattern: RegExp,
 ): Promise<RelayError> {
-  const err = await promise.then(() => undefined, (e: unknown) => e);
+  const err = await rejection(promise);
   assert.ok(err instanceof RelayError, `expected a RelayError, got ${String(err)}`);
   assert.equal(err.code, code, err.message);
   assert.match(err.message, pattern);
   return err;
 }
 
-Deno.test("RelayClient echoes through the relay and closes cleanly", async () => {
+/** The relay's ERROR for a stream, as the stream's end (connect() itself resolves: there is no OPEN ack). */
+async function assertStreamError(stream: RelayStream, code: number, pattern: RegExp): Promise<RelayError> {
+  return await assertRelayError(
+    withTimeout(stream.closed, 5000, `stream ${stream.id} to end`),
+    code,
+    pattern,
+  );
+}
+
+async function waitUntil(what: string, condition: () => boolean): Promise<void> {
+  await withTimeout(
+    (async () => {
+      while (!condition()) await delay(5);
+    })(),
+    5000,
+    what,
+  );
+}
+
+Deno.test("RelayClient echoes through the relay; close() half-closes and resolves at the target's end", async () => {
   await using echo = startEchoServer();
   await using relay = startRelay();
   await using client = clientFor(relay.port);
@@ -59,11 +85,11 @@ Deno.test("RelayClient echoes through the relay and closes cleanly", async () =>
   await writer.write(encoder.encode("hello, relay"));
   assert.equal(decoder.decode(await readExactly(stream.readable, 12)), "hello, relay");
   writer.releaseLock();
-  await stream.close();
-  await stream.closed;
+  // CLOSE FIN; the echo server sees EOF and closes, so the relay answers CLOSE FIN.
+  await withTimeout(stream.close(), 5000, "the stream to end");
   assert.deepEqual(await readAll(stream.readable), new Uint8Array(0));
   assert.equal(client.streamCount, 0);
-  assert.equal(relay.relay.metrics.streamsActive, 0);
+  await waitUntil("the relay to drop the stream", () => relay.relay.metrics.streamsActive === 0);
 });
 
 Deno.test("a 1 MiB write goes out as 64 DATA frames of 16 KiB and echoes byte for byte", async () => {
@@ -76,9 +102,10 @@ Deno.test("a 1 MiB write goes out as 64 DATA frames of 16 KiB and echoes byte fo
   const [, echoed] = await Promise.all([writer.write(payload), readExactly(stream.readable, MIB)]);
   assert.deepEqual(echoed, payload);
   await writer.close();
-  // OPEN + 64 DATA + CLOSE.
+  await withTimeout(stream.closed, 5000, "the relay's CLOSE FIN");
+  // OPEN (9-byte header, 6 fixed bytes, "127.0.0.1") + 64 DATA + CLOSE FIN, one WebSocket message each.
   assert.equal(relay.relay.metrics.framesFromClient, 66);
-  assert.equal(relay.relay.metrics.bytesFromClient, 12 + 64 * (5 + 16 * 1024) + 5);
+  assert.equal(relay.relay.metrics.bytesFromClient, 24 + 64 * (9 + 16 * 1024) + 10);
 });
 
 Deno.test("an 8 MiB download arrives complete (SHA-256) and the readable closes at the target's EOF", async () => {
@@ -93,38 +120,188 @@ Deno.test("an 8 MiB download arrives complete (SHA-256) and the readable closes 
   await stream.closed;
 });
 
-Deno.test("a denied destination rejects connect() with RelayError 3 (OPEN frame only)", async () => {
-  await using relay = startRelay({ allowPrivateIps: false });
-  await using client = clientFor(relay.port);
-  const err = await assertRelayError(client.connect("10.0.0.1", 80), ErrorCode.POLICY_DENIED, /denied/);
-  assert.equal(err.codeName, "POLICY_DENIED");
-  assert.equal(err.name, "RelayError");
-  assert.equal(err.connectionId, 1);
-  assert.equal(relay.relay.metrics.streamsTotal, 0);
-  assert.equal(client.streamCount, 0);
-});
-
-Deno.test("a refused connection rejects connect() with RelayError 6; the session lives on", async () => {
+Deno.test("connect() by name: localhost is resolved by the relay", async () => {
   await using echo = startEchoServer();
   await using relay = startRelay();
   await using client = clientFor(relay.port);
-  await assertRelayError(
-    client.connect("127.0.0.1", closedPort()),
-    ErrorCode.CONNECT_FAILED,
-    /Cannot connect to 127\.0\.0\.1/,
+  const stream = await client.connect("localhost", echo.port);
+  assert.equal(stream.remote, `localhost:${echo.port}`);
+  const writer = stream.writable.getWriter();
+  await writer.write(encoder.encode("by name"));
+  assert.equal(decoder.decode(await readExactly(stream.readable, 7)), "by name");
+  await writer.close();
+  await withTimeout(stream.closed, 5000, "the stream to end");
+});
+
+Deno.test("IPv6 targets travel without brackets, in canonical form; the relay's policy answers them", async () => {
+  await using relay = startRelay({ allowPrivateIps: false });
+  await using client = clientFor(relay.port);
+  for (const host of ["[::1]", "0:0:0:0:0:0:0:1", "::1"]) {
+    const stream = await client.connect(host, 80);
+    assert.equal(stream.remote, "[::1]:80");
+    const err = await assertStreamError(stream, MuxErrorCode.POLICY_DENIED, /denied/);
+    assert.match(err.message, /::1/);
+  }
+  assert.equal(relay.relay.metrics.errorsSent.get("POLICY_DENIED"), 3);
+});
+
+Deno.test("half-close: closing the writable sends FIN, and the target's answer after EOF still arrives", async () => {
+  await using relay = startRelay();
+  // Reads the whole request, and only at its EOF answers with what it counted, then closes.
+  await using target = startTcpServer(async (conn) => {
+    let total = 0;
+    const buf = new Uint8Array(64 * 1024);
+    for (;;) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      total += n;
+    }
+    await delay(50);
+    const answer = encoder.encode(`got ${total} bytes`);
+    for (let off = 0; off < answer.byteLength;) off += await conn.write(answer.subarray(off));
+  });
+  await using client = clientFor(relay.port);
+  const stream = await client.connect("127.0.0.1", target.port);
+  const writer = stream.writable.getWriter();
+  await writer.write(new Uint8Array(100_000));
+  await writer.close();
+  await assert.rejects(writer.write(new Uint8Array(1)), TypeError);
+  assert.equal(
+    decoder.decode(await withTimeout(readAll(stream.readable), 5000, "the answer")),
+    "got 100000 bytes",
   );
+  await stream.closed;
+  assert.equal(client.streamCount, 0);
+  assert.equal(relay.relay.metrics.errorsSent.size, 0);
+});
+
+Deno.test("the target closing first ends the readable; closing the writable afterwards still resolves", async () => {
+  await using relay = startRelay();
+  await using target = startTcpServer(async (conn) => {
+    await conn.write(encoder.encode("bye"));
+  });
+  await using client = clientFor(relay.port);
+  const stream = await client.connect("127.0.0.1", target.port);
+  assert.equal(
+    decoder.decode(await withTimeout(readAll(stream.readable), 5000, "the target's bytes")),
+    "bye",
+  );
+  await stream.closed;
+  await stream.writable.close();
+  assert.equal(relay.relay.metrics.errorsSent.size, 0);
+});
+
+Deno.test("abort() and cancelling the readable reset the stream (CLOSE RST): the target's socket is closed", async () => {
+  await using relay = startRelay();
+  let ended = 0;
+  await using target = startTcpServer(async (conn) => {
+    const buf = new Uint8Array(1024);
+    try {
+      while ((await conn.read(buf)) !== null) { /* until the relay closes */ }
+    } finally {
+      ended++;
+    }
+  });
+  await using client = clientFor(relay.port);
+
+  const aborted = await client.connect("127.0.0.1", target.port);
+  await waitUntil("the first connection", () => target.accepted === 1);
+  const reason = new Error("changed my mind");
+  await aborted.abort(reason);
+  assert.equal(await rejection(aborted.closed), reason);
+  assert.equal(await rejection(readAll(aborted.readable)), reason);
+  await assert.rejects(aborted.writable.getWriter().write(new Uint8Array(1)), /changed my mind/);
+
+  const cancelled = await client.connect("127.0.0.1", target.port);
+  await waitUntil("the second connection", () => target.accepted === 2);
+  await cancelled.readable.cancel(new Error("not interested"));
+  await assert.rejects(cancelled.closed, /not interested/);
+
+  await waitUntil("the relay to close both target sockets", () => ended === 2);
+  await waitUntil("the relay to drop both streams", () => relay.relay.metrics.streamsActive === 0);
+  assert.equal(client.streamCount, 0);
+  // An RST is answered with nothing, not even an ERROR.
+  assert.equal(relay.relay.metrics.errorsSent.size, 0);
+});
+
+Deno.test("a stream the relay ends without the target's EOF (idle timeout) fails with StreamResetError", async () => {
+  await using relay = startRelay({ streamIdleMs: 200 });
+  await using target = startTcpServer(async (conn, signal) => {
+    await new Promise((resolve) => signal.addEventListener("abort", resolve, { once: true }));
+    conn.close();
+  });
+  await using client = clientFor(relay.port);
+  const stream = await client.connect("127.0.0.1", target.port);
+  const err = await rejection(withTimeout(stream.closed, 5000, "the idle timeout"));
+  assert.ok(err instanceof StreamResetError, String(err));
+  assert.equal(err.connectionId, stream.id);
+  assert.ok((await rejection(readAll(stream.readable))) instanceof StreamResetError);
+});
+
+Deno.test("a denied destination ends the stream with RelayError 1 (POLICY_DENIED); connect() resolves first", async () => {
+  await using relay = startRelay({ allowPrivateIps: false });
+  await using client = clientFor(relay.port);
+  const stream = await client.connect("10.0.0.1", 80);
+  const err = await assertStreamError(stream, MuxErrorCode.POLICY_DENIED, /denied/);
+  assert.equal(err.code, 1);
+  assert.equal(err.codeName, "POLICY_DENIED");
+  assert.equal(err.name, "RelayError");
+  assert.equal(err.connectionId, 1);
+  assert.equal(await rejection(readAll(stream.readable)), err);
+  assert.equal(await rejection(stream.writable.getWriter().write(new Uint8Array(1))), err);
+  assert.equal(relay.relay.metrics.errorsSent.get("POLICY_DENIED"), 1);
+  assert.equal(client.streamCount, 0);
+});
+
+Deno.test("a refused connection ends the stream with RelayError 2 (DIAL_FAILED); the session lives on", async () => {
+  await using echo = startEchoServer();
+  await using relay = startRelay();
+  await using client = clientFor(relay.port);
+  const refused = await client.connect("127.0.0.1", closedPort());
+  await assertStreamError(refused, MuxErrorCode.DIAL_FAILED, /Cannot connect to 127\.0\.0\.1/);
   const stream = await client.connect("127.0.0.1", echo.port);
   const writer = stream.writable.getWriter();
   await writer.write(new Uint8Array([1, 2, 3]));
   assert.deepEqual(await readExactly(stream.readable, 3), new Uint8Array([1, 2, 3]));
   await writer.close();
+  await withTimeout(stream.closed, 5000, "the stream to end");
+});
+
+Deno.test("the error codes are Aero's", () => {
+  assert.deepEqual({ ...MuxErrorCode }, {
+    POLICY_DENIED: 1,
+    DIAL_FAILED: 2,
+    PROTOCOL_ERROR: 3,
+    UNKNOWN_STREAM: 4,
+    STREAM_LIMIT_EXCEEDED: 5,
+    STREAM_BUFFER_OVERFLOW: 6,
+  });
+  assert.equal(MUX_ERROR_CODE_NAMES[2], "DIAL_FAILED");
+  assert.equal(new RelayError(5, "x").codeName, "STREAM_LIMIT_EXCEEDED");
+  assert.equal(new RelayError(77, "x").codeName, "UNKNOWN_77");
+  assert.equal(AERO_MUX_SUBPROTOCOL, "aero-tcp-mux-v1");
 });
 
 Deno.test("bad arguments throw TypeError or RangeError before anything is sent", async () => {
   await using relay = startRelay();
   await using client = clientFor(relay.port);
-  await assert.rejects(client.connect("example.com", 80), TypeError);
-  await assert.rejects(client.connect("256.0.0.1", 80), TypeError);
+  for (
+    const host of [
+      "",
+      "exa mple.com",
+      "a/b",
+      "user@host",
+      "nul\u0000",
+      "del\u007f",
+      "256.0.0.1",
+      "1.2.3",
+      "[::1",
+      "1:::2",
+      "[x]",
+    ]
+  ) {
+    await assert.rejects(client.connect(host, 80), TypeError, JSON.stringify(host));
+  }
   await assert.rejects(client.connect([1, 2, 3], 80), TypeError);
   await assert.rejects(client.connect("1.2.3.4", 0), RangeError);
   await assert.rejects(client.connect("1.2.3.4", 65536), RangeError);
@@ -172,29 +349,34 @@ Deno.test("connection ids count up from 1 and are never reused, whatever ended t
   for (let round = 0; round < 5; round++) {
     const stream = await client.connect("127.0.0.1", echo.port);
     ids.push(stream.id);
-    await stream.close();
-    const denied = await assertRelayError(client.connect("10.0.0.1", 80), ErrorCode.POLICY_DENIED, /denied/);
-    ids.push(denied.connectionId);
-    const refused = await assertRelayError(client.connect("127.0.0.1", closedPort()), 6, /Cannot connect/);
-    ids.push(refused.connectionId);
+    await withTimeout(stream.close(), 5000, "the stream to end");
+    const denied = await client.connect("10.0.0.1", 80);
+    ids.push((await assertStreamError(denied, MuxErrorCode.POLICY_DENIED, /denied/)).connectionId);
+    const refused = await client.connect("127.0.0.1", closedPort());
+    ids.push((await assertStreamError(refused, MuxErrorCode.DIAL_FAILED, /Cannot connect/)).connectionId);
+    const aborted = await client.connect("127.0.0.1", echo.port);
+    ids.push(aborted.id);
+    await aborted.abort();
   }
-  assert.deepEqual(ids, Array.from({ length: 15 }, (_, i) => i + 1));
-  // The relay never saw a duplicate id (that would be ERROR 5).
-  assert.equal(relay.relay.metrics.errorsSent.get("INVALID_FRAME"), undefined);
+  assert.deepEqual(ids, Array.from({ length: 20 }, (_, i) => i + 1));
+  // The relay never saw a reused id (that would be ERROR 3, PROTOCOL_ERROR).
+  assert.equal(relay.relay.metrics.errorsSent.get("PROTOCOL_ERROR"), undefined);
 });
 
-Deno.test("an application that stops reading gets RelayError 8 once readableMaxBytes are unread", async () => {
+Deno.test("an application that stops reading gets RelayError 6 once readableMaxBytes are unread", async () => {
   await using source = startSourceServer(16 * MIB, 2);
   await using relay = startRelay();
   await using client = clientFor(relay.port, { readableHighWaterMark: 64 * 1024, readableMaxBytes: MIB });
   const stream = await client.connect("127.0.0.1", source.port);
   await assertRelayError(
     withTimeout(stream.closed, 10_000, "the stream to give up"),
-    ErrorCode.BACKPRESSURE,
+    MuxErrorCode.STREAM_BUFFER_OVERFLOW,
     /more than 1048576 bytes arrived unread/,
   );
-  await assertRelayError(readAll(stream.readable), ErrorCode.BACKPRESSURE, /unread/);
+  await assertRelayError(readAll(stream.readable), MuxErrorCode.STREAM_BUFFER_OVERFLOW, /unread/);
   assert.equal(client.streamCount, 0);
+  // The client reset the stream, so the relay dropped it too.
+  await waitUntil("the relay to drop the stream", () => relay.relay.metrics.streamsActive === 0);
 });
 
 Deno.test("writes wait while the WebSocket send buffer is over the watermark (relay paused with SIGSTOP)", async () => {
@@ -244,23 +426,24 @@ Deno.test("writes wait while the WebSocket send buffer is over the watermark (re
   assert.equal(sha256Hex(received), patternDigest(total, 3));
 });
 
-Deno.test("the token can travel as a subprotocol instead of the query string", async () => {
+Deno.test("the token travels in the query; the subprotocol carrier is refused with a clear TypeError", async () => {
   await using echo = startEchoServer();
   await using relay = startRelay();
-  await using client = new RelayClient(`ws://127.0.0.1:${relay.port}${MUX_PATH}`, {
-    token: TOKEN,
-    tokenIn: "subprotocol",
-  });
-  await client.ready;
-  // The relay authenticated the token from Sec-WebSocket-Protocol and selected only the non-secret entry.
+  await using client = new RelayClient(muxUrl(relay.port, null), { token: TOKEN, tokenIn: "query" });
   const stream = await client.connect("127.0.0.1", echo.port);
   const writer = stream.writable.getWriter();
-  await writer.write(encoder.encode("by subprotocol"));
-  assert.equal(decoder.decode(await readExactly(stream.readable, 14)), "by subprotocol");
-  await stream.close();
-  assert.equal(`${MUX_SUBPROTOCOL} ${TOKEN_SUBPROTOCOL_PREFIX}`, "aero-seed-mux-v1 aero-token.");
-  assert.throws(
-    () => new RelayClient("ws://127.0.0.1:1/tcp-mux", { token: "a b", tokenIn: "subprotocol" }),
-    TypeError,
-  );
+  await writer.write(encoder.encode("by query"));
+  assert.equal(decoder.decode(await readExactly(stream.readable, 8)), "by query");
+  await writer.close();
+  await withTimeout(stream.closed, 5000, "the stream to end");
+  for (const tokenIn of ["subprotocol", "header"]) {
+    assert.throws(
+      () => new RelayClient("ws://127.0.0.1:1/tcp-mux", { token: TOKEN, tokenIn: tokenIn as "query" }),
+      (err: unknown) =>
+        err instanceof TypeError &&
+        (tokenIn === "subprotocol" ? /"subprotocol" is no longer supported/ : /must be "query"/).test(
+          err.message,
+        ),
+    );
+  }
 });
