@@ -18,7 +18,17 @@ import {
   MuxFrameDecoder,
   MuxMsgType,
 } from "../../src/wire/aero_mux_v1_codec.ts";
-import { concat, startEchoServer, startTcpServer, TOKEN, withTimeout } from "../_util.ts";
+import {
+  concat,
+  patternDigest,
+  report,
+  sha256Hex,
+  startEchoServer,
+  startSourceServer,
+  startTcpServer,
+  TOKEN,
+  withTimeout,
+} from "../_util.ts";
 
 function startAeroRelay(overrides: Record<string, unknown> = {}, resolve?: Resolver): RunningRelay {
   return serveRelay(
@@ -241,4 +251,66 @@ Deno.test("aero-tcp-mux-v1: a text message closes the session with 1003", async 
   client.ws.send("not binary");
   const event = await withTimeout(client.closed, 3000, "close");
   assert.equal(event.code, 1003);
+});
+
+Deno.test("aero-tcp-mux-v1: a 16 MiB download arrives whole and in order (SHA-256)", async () => {
+  const total = 16 * 1024 * 1024;
+  await using relay = startAeroRelay();
+  await using source = startSourceServer(total, 41);
+  await using client = await AeroClient.connect(relay.port);
+  client.send(encodeOpen(1, { host: "127.0.0.1", port: source.port }));
+  const { data, flags } = await client.readToClose(1, 30_000);
+  assert.equal(flags, MuxCloseFlag.FIN);
+  assert.equal(data.byteLength, total);
+  assert.equal(sha256Hex(data), patternDigest(total, 41));
+});
+
+Deno.test("aero-tcp-mux-v1: localhost is denied where loopback is, and by a host rule (any case, trailing dot)", async () => {
+  await using echo = startEchoServer();
+  {
+    await using relay = startAeroRelay({ allowPrivateIps: false });
+    await using client = await AeroClient.connect(relay.port);
+    client.send(encodeOpen(1, { host: "localhost", port: echo.port }));
+    const error = await client.next((f) => f.streamId === 1, "ERROR for localhost");
+    assert.equal((error as { code: number }).code, MuxErrorCode.POLICY_DENIED);
+  }
+  {
+    await using relay = startAeroRelay({ allowPrivateIps: false, denyHosts: ["localhost"] });
+    await using client = await AeroClient.connect(relay.port);
+    client.send(encodeOpen(1, { host: "LOCALHOST.", port: echo.port }));
+    const error = await client.next((f) => f.streamId === 1, "ERROR for a denied name");
+    assert.equal((error as { code: number }).code, MuxErrorCode.POLICY_DENIED);
+  }
+});
+
+Deno.test("aero-tcp-mux-v1: an echo over IPv6 loopback (::1)", async () => {
+  if (Deno.permissions.querySync({ name: "net", host: "[::1]" }).state !== "granted") {
+    report("skipped: this test run may not use [::1] (the test task allows 127.0.0.0/8 only)");
+    return;
+  }
+  let listener: Deno.TcpListener;
+  try {
+    listener = Deno.listen({ hostname: "::1", port: 0 });
+  } catch (err: unknown) {
+    report(`skipped: ::1 is not available here (${err instanceof Error ? err.message : String(err)})`);
+    return;
+  }
+  const port = (listener.addr as Deno.NetAddr).port;
+  const serving = (async () => {
+    const conn = await listener.accept();
+    const buffer = new Uint8Array(1024);
+    const n = await conn.read(buffer);
+    if (n !== null) await conn.write(buffer.subarray(0, n));
+    conn.close();
+  })();
+  try {
+    await using relay = startAeroRelay();
+    await using client = await AeroClient.connect(relay.port);
+    client.send(encodeOpen(1, { host: "[::1]", port }), encodeData(1, text("six")));
+    const { data } = await client.readToClose(1);
+    assert.equal(new TextDecoder().decode(data), "six");
+    await serving;
+  } finally {
+    listener.close();
+  }
 });
