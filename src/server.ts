@@ -12,6 +12,7 @@ import { Metrics } from "./metrics.ts";
 import { createHostPolicy } from "./policy/hosts.ts";
 import { createPolicy } from "./policy/policy.ts";
 import {
+  limitLookups,
   type Resolver,
   resolveTarget,
   systemResolver,
@@ -21,7 +22,13 @@ import {
 import { AERO_MUX_SUBPROTOCOL, MUX_PATH, MUX_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX } from "./protocol/mod.ts";
 import { CLOSE_GOING_AWAY, Session, type Wire } from "./core/session.ts";
 import type { Dial } from "./core/stream.ts";
-import { type ConnInfo, HandshakeError, listen, upgradeWebSocket } from "./transport/listener.ts";
+import {
+  checkUpgrade,
+  type ConnInfo,
+  HandshakeError,
+  listen,
+  upgradeWebSocket,
+} from "./transport/listener.ts";
 import { AeroMuxWire } from "./wire/aero_mux_v1.ts";
 import { SeedWire } from "./wire/seed_v1.ts";
 import { AeroTcpWire, parseTcpTarget, TCP_PATH, TCP_STREAM_ID } from "./wire/aero_tcp.ts";
@@ -33,6 +40,8 @@ const logger = getLogger(["aero-net-proxy", "server"]);
  * the connection is dropped; also how long a shutdown waits for the close frames to reach clients.
  */
 const CLOSE_HANDSHAKE_MS = 2000;
+/** Name lookups that may run at once across the relay (each holds a blocking thread until it answers). */
+const MAX_LOOKUPS = 128;
 /** Socket budget when the open-file limit is unknown (and in tests that start relays in-process). */
 const FALLBACK_MAX_SOCKETS = 4096;
 
@@ -135,7 +144,7 @@ export class Relay {
     const targetDeps = {
       addressPolicy: this.#policy,
       hostPolicy: createHostPolicy(config),
-      resolve: deps.resolve ?? systemResolver,
+      resolve: limitLookups(deps.resolve ?? systemResolver, MAX_LOOKUPS),
       timeoutMs: config.dnsTimeoutMs,
     };
     this.#resolveTarget = (target, signal) => resolveTarget(target, { ...targetDeps, signal });
@@ -251,7 +260,9 @@ export class Relay {
       info,
       protocol,
       (session) =>
-        framing === "aero" ? new AeroMuxWire(session, this.config.maxFrameBytes) : new SeedWire(session),
+        framing === "aero"
+          ? new AeroMuxWire(session, this.config.maxFrameBytes, this.config.messageTimeoutMs)
+          : new SeedWire(session),
     );
   };
 
@@ -268,6 +279,15 @@ export class Relay {
   ): Promise<Response> {
     const target = parseTcpTarget(url.searchParams);
     if ("error" in target) return text(400, `Bad Request: ${target.error}`);
+    // Everything cheap first: a request that could not become a session never costs a name lookup.
+    const refused = this.#capsRefusal(request, info);
+    if (refused !== undefined) return refused;
+    try {
+      checkUpgrade(request);
+    } catch (err: unknown) {
+      if (!(err instanceof HandshakeError)) throw err;
+      return text(err.status, err.message, { ...err.headers });
+    }
     const checked = await this.#resolveTarget(target, AbortSignal.timeout(this.config.dnsTimeoutMs + 1000));
     if (!checked.ok) {
       if (checked.kind === "denied") {
@@ -287,15 +307,12 @@ export class Relay {
     );
   }
 
-  /** Session caps, the upgrade, and a session speaking `wire` (started with `begin`, if given). */
-  #startSession(
-    request: Request,
-    info: ConnInfo,
-    protocol: string | undefined,
-    wire: (session: Session) => Wire,
-    begin?: (session: Session) => void,
-  ): Response {
-    const clientIp = this.#clientIp(request, info, true);
+  /** The refusal for a new session over a cap (or while draining), if any. */
+  #capsRefusal(request: Request, info: ConnInfo): Response | undefined {
+    if (this.#draining) {
+      return text(503, "Service Unavailable: the relay is shutting down", { "retry-after": "5" });
+    }
+    const clientIp = this.#clientIp(request, info);
     // Sessions the relay has closed but whose peer has not finished the close handshake still hold a socket;
     // they count against twice the limit, so that peers that never answer cannot pile up sockets either.
     const active = this.#sessions.size;
@@ -309,6 +326,21 @@ export class Relay {
     ) {
       return this.#refuse(request, info, 429, "sessions_per_ip", { "retry-after": "5" });
     }
+
+    return undefined;
+  }
+
+  /** Session caps, the upgrade, and a session speaking `wire` (started with `begin`, if given). */
+  #startSession(
+    request: Request,
+    info: ConnInfo,
+    protocol: string | undefined,
+    wire: (session: Session) => Wire,
+    begin?: (session: Session) => void,
+  ): Response {
+    const refused = this.#capsRefusal(request, info);
+    if (refused !== undefined) return refused;
+    const clientIp = this.#clientIp(request, info, true);
 
     let upgraded;
     try {

@@ -47,6 +47,8 @@ export const CLOSE_POLICY_VIOLATION = 1008;
  * before a client that does not read them is cut off.
  */
 export const MAX_UNREAD_ERRORS = 4096;
+/** Bytes of such replies (a PONG echoes its PING's payload) that may wait before the client is cut off. */
+export const MAX_UNREAD_REPLY_BYTES = 1024 * 1024;
 /** The connection id used for the session itself in messages and logs. */
 const SESSION_ID = 0;
 
@@ -78,6 +80,8 @@ export interface Wire {
   peerViolation(code: number, message: string): void;
   /** A bug in the relay ends the session; the wire may say so first. */
   internalError(): void;
+  /** The session has ended: the wire stops its timers. */
+  sessionClosed?(): void;
 }
 /** WebSocket close code for an unexpected condition in the relay (RFC 6455, 7.4.1). */
 export const CLOSE_INTERNAL_ERROR = 1011;
@@ -157,6 +161,7 @@ export class Session implements StreamHost {
   #openDelayMs = 0;
   #closed = false;
   #unreadErrors = 0;
+  #unreadReplyBytes = 0;
   #streamsOpened = 0;
   #bytesIn = 0;
   #bytesOut = 0;
@@ -392,20 +397,23 @@ export class Session implements StreamHost {
    * counted, and past {@linkcode MAX_UNREAD_ERRORS} the session is cut off. A client that reads starts from
    * zero again.
    */
-  admitReply(id: number): boolean {
+  admitReply(id: number, bytes = 0): boolean {
     if (this.#closed) return false;
     if (this.#socket.bufferedAmount > this.#highWatermark) {
-      if (++this.#unreadErrors > MAX_UNREAD_ERRORS) {
+      this.#unreadReplyBytes += bytes;
+      if (++this.#unreadErrors > MAX_UNREAD_ERRORS || this.#unreadReplyBytes > MAX_UNREAD_REPLY_BYTES) {
         this.countLimit(
           "unread_errors",
           id,
-          `Client does not read: ${MAX_UNREAD_ERRORS} ERROR frames are waiting behind the send buffer`,
+          `Client does not read: ${this.#unreadErrors} replies (${this.#unreadReplyBytes} bytes) are waiting ` +
+            "behind the send buffer",
         );
         this.close(CLOSE_POLICY_VIOLATION, "client does not read its frames");
         return false;
       }
     } else {
       this.#unreadErrors = 0;
+      this.#unreadReplyBytes = 0;
     }
     return true;
   }
@@ -697,6 +705,7 @@ export class Session implements StreamHost {
     if (this.#sweepTimer !== undefined) clearInterval(this.#sweepTimer);
     this.#sweepTimer = undefined;
     if (this.#uploadPaused) this.#resumeUploads();
+    this.#wire.sessionClosed?.();
     if (this.#stallTimer !== undefined) clearInterval(this.#stallTimer);
     this.#stallTimer = undefined;
     this.#stopWatchingQueue?.();

@@ -263,3 +263,25 @@ export const systemResolver: Resolver = async (name, signal) => {
     signal.removeEventListener("abort", onAbort);
   }
 };
+
+/**
+ * A resolver that lets at most `max` lookups run at once, relay-wide, and fails the rest at once. A lookup
+ * counts until the system resolver itself answers, even after its caller stopped waiting (`getaddrinfo`
+ * cannot be cancelled and holds one of the runtime's blocking threads), so clients that ask for names whose
+ * servers never answer cannot take every thread, nor turn the relay into a free source of DNS queries.
+ */
+export function limitLookups(resolve: Resolver, max: number): Resolver & { readonly inFlight: number } {
+  let inFlight = 0;
+  const limited = (name: string, signal: AbortSignal): Promise<string[]> => {
+    if (inFlight >= max) {
+      return Promise.reject(new Error(`too many name lookups in flight (${max}); try again`));
+    }
+    inFlight++;
+    const lookup = resolve(name, signal);
+    void lookup.then(() => inFlight--, () => inFlight--);
+    return lookup;
+  };
+  return Object.defineProperty(limited, "inFlight", { get: () => inFlight }) as Resolver & {
+    readonly inFlight: number;
+  };
+}

@@ -109,6 +109,27 @@ export function upgradeWebSocket(
   request: Request,
   options: WebSocketOptions & { readonly protocol?: string },
 ): { socket: WebSocketConnection; response: Response } {
+  const key = checkUpgrade(request);
+  const accept = createHash("sha1").update(key + WEBSOCKET_GUID).digest("base64");
+  const reply: [string, string][] = [
+    ["upgrade", "websocket"],
+    ["connection", "Upgrade"],
+    ["sec-websocket-accept", accept],
+  ];
+  if (options.protocol !== undefined) reply.push(["sec-websocket-protocol", options.protocol]);
+  const socket = new Ws(options, options.protocol ?? "");
+  // Response cannot carry status 101; the listener recognises this object and writes the real head.
+  const response = new Response(null, { status: 200 });
+  upgrades.set(response, { socket, headers: reply });
+  return { socket, response };
+}
+
+/**
+ * The handshake checks of {@linkcode upgradeWebSocket} alone, for a handler that has costly work to do before
+ * upgrading (and should not do it for a request that cannot be upgraded). Returns the client's key.
+ * @throws {HandshakeError} when the request is not a valid upgrade
+ */
+export function checkUpgrade(request: Request): string {
   const origin = origins.get(request);
   if (origin === undefined) throw new TypeError("Cannot upgrade a request this listener did not receive");
   if (origin.method !== "GET") throw new HandshakeError(405, "Method Not Allowed", { allow: "GET" });
@@ -131,18 +152,7 @@ export function upgradeWebSocket(
   if (key === null || !KEY_PATTERN.test(key)) {
     throw new HandshakeError(400, "Bad Request: Sec-WebSocket-Key must be 16 bytes in base64");
   }
-  const accept = createHash("sha1").update(key + WEBSOCKET_GUID).digest("base64");
-  const reply: [string, string][] = [
-    ["upgrade", "websocket"],
-    ["connection", "Upgrade"],
-    ["sec-websocket-accept", accept],
-  ];
-  if (options.protocol !== undefined) reply.push(["sec-websocket-protocol", options.protocol]);
-  const socket = new Ws(options, options.protocol ?? "");
-  // Response cannot carry status 101; the listener recognises this object and writes the real head.
-  const response = new Response(null, { status: 200 });
-  upgrades.set(response, { socket, headers: reply });
-  return { socket, response };
+  return key;
 }
 
 /** Writes `bytes` (a whole answer) and closes the connection without letting unread input reset it away. */

@@ -6,7 +6,13 @@
  * PING answered with PONG.
  * @module
  */
-import { CLOSE_PROTOCOL_ERROR, type Refusal, type Session, type Wire } from "../core/session.ts";
+import {
+  CLOSE_POLICY_VIOLATION,
+  CLOSE_PROTOCOL_ERROR,
+  type Refusal,
+  type Session,
+  type Wire,
+} from "../core/session.ts";
 import type { CloseReason } from "../core/stream.ts";
 import { Metrics } from "../metrics.ts";
 import {
@@ -49,14 +55,20 @@ export class AeroMuxWire implements Wire {
   readonly halfClose = true;
   readonly #session: Session;
   readonly #decoder: MuxFrameDecoder;
-  /** Every stream id the client has used: ids are never reused on one connection. */
-  readonly #used = new Set<number>();
   /** Streams whose target's FIN has been sent as CLOSE FIN. */
   readonly #finSent = new Set<number>();
+  readonly #frameTimeoutMs: number;
+  /** Runs while a frame is half received: a frame must arrive whole within the message deadline. */
+  #frameTimer: ReturnType<typeof setTimeout> | undefined;
 
-  constructor(session: Session, maxPayloadBytes: number) {
+  /**
+   * @param maxPayloadBytes largest frame payload (a header announcing more closes the session)
+   * @param frameTimeoutMs how long a frame may take to arrive whole (0 = no limit)
+   */
+  constructor(session: Session, maxPayloadBytes: number, frameTimeoutMs: number) {
     this.#session = session;
     this.#decoder = new MuxFrameDecoder({ maxPayloadBytes });
+    this.#frameTimeoutMs = frameTimeoutMs;
   }
 
   writeDataHeader(frame: Uint8Array, id: number): void {
@@ -70,7 +82,9 @@ export class AeroMuxWire implements Wire {
       return;
     }
     session.countInbound(data.byteLength);
-    for (const frame of this.#decoder.push(new Uint8Array(data))) {
+    const frames = this.#decoder.push(new Uint8Array(data));
+    this.#watchPartialFrame();
+    for (const frame of frames) {
       if (session.closed) return;
       switch (frame.type) {
         case "invalid":
@@ -79,20 +93,21 @@ export class AeroMuxWire implements Wire {
             session.protocolViolation(frame.error.message, CLOSE_PROTOCOL_ERROR);
             return;
           }
-          this.#error(frame.streamId, frame.error.code, frame.error.message);
+          this.#streamError(frame.streamId, frame.error.code, frame.error.message);
           continue;
         case MuxMsgType.OPEN: {
           const id = frame.streamId;
-          if (this.#used.has(id)) {
+          // Ids are never reused on one connection. The relay remembers the live ones and the last 4,096 that
+          // ended (memory stays bounded however many OPENs a client sends); a reuse within that is refused.
+          if (session.hasStream(id) || session.isRecent(id)) {
             const live = session.hasStream(id);
-            this.#error(
+            this.#streamError(
               id,
               MuxErrorCode.PROTOCOL_ERROR,
               live ? "stream_id already exists" : "stream_id reused",
             );
             continue;
           }
-          this.#used.add(id);
           session.openTarget(id, frame.host, frame.port);
           continue;
         }
@@ -107,7 +122,9 @@ export class AeroMuxWire implements Wire {
           else session.clientClose(frame.streamId);
           continue;
         case MuxMsgType.PING:
-          if (session.admitReply(frame.streamId)) {
+          // A PONG echoes its payload: replies are charged by size, so a client that pings without reading
+          // is cut off before the relay holds more than about 1 MiB of them.
+          if (session.admitReply(frame.streamId, frame.payload.byteLength)) {
             session.sendFrame(encodePong(frame.streamId, frame.payload));
           }
           continue;
@@ -129,12 +146,12 @@ export class AeroMuxWire implements Wire {
   }
 
   streamEnding(id: number, reason: CloseReason, message: string | undefined): void {
-    const finSent = this.#finSent.delete(id);
+    // After CLOSE FIN the client considers the stream over: a late error would be a second terminal frame.
+    if (this.#finSent.delete(id)) return;
     if (message !== undefined) {
       this.#error(id, ENDING_CODES[reason] ?? MuxErrorCode.PROTOCOL_ERROR, message);
       return;
     }
-    if (finSent) return;
     // Ended without the target's FIN (idle, the client's RST, the relay's own end): the stream is gone.
     if (reason !== "client_reset") this.#session.sendFrame(encodeClose(id, MuxCloseFlag.RST));
   }
@@ -145,6 +162,37 @@ export class AeroMuxWire implements Wire {
 
   peerViolation(): void {
     // WebSocket-level violations close the connection; the protocol has nothing to add.
+  }
+
+  /**
+   * An ERROR for one stream. ERROR is terminal for Aero's client, so a live stream it names is aborted too:
+   * the relay never keeps a stream the client has given up on.
+   */
+  #streamError(id: number, code: MuxErrorCode, message: string): void {
+    this.#error(id, code, message);
+    this.#session.abortStream(id);
+  }
+
+  /** Starts or stops the deadline of a half-received frame. */
+  #watchPartialFrame(): void {
+    if (this.#decoder.bufferedBytes === 0) {
+      if (this.#frameTimer !== undefined) clearTimeout(this.#frameTimer);
+      this.#frameTimer = undefined;
+      return;
+    }
+    if (this.#frameTimer !== undefined || this.#frameTimeoutMs === 0) return;
+    this.#frameTimer = setTimeout(() => {
+      this.#frameTimer = undefined;
+      if (this.#session.closed || this.#decoder.bufferedBytes === 0) return;
+      this.#error(0, MuxErrorCode.PROTOCOL_ERROR, `Frame not completed within ${this.#frameTimeoutMs} ms`);
+      this.#session.protocolViolation("aero-tcp-mux-v1 frame not completed in time", CLOSE_POLICY_VIOLATION);
+    }, this.#frameTimeoutMs);
+  }
+
+  /** The session ended: no deadline outlives it. */
+  sessionClosed(): void {
+    if (this.#frameTimer !== undefined) clearTimeout(this.#frameTimer);
+    this.#frameTimer = undefined;
   }
 
   internalError(): void {

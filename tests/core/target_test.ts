@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import {
+  limitLookups,
   type Resolver,
   resolveTarget,
   type ResolveTargetDeps,
@@ -313,4 +314,24 @@ Deno.test({
     systemResolver("aero-test.invalid", new AbortController().signal),
     /no net permission/,
   );
+});
+
+Deno.test("limitLookups: at most N lookups run at once; a lookup counts until the resolver answers", async () => {
+  const pending: (() => void)[] = [];
+  const slow: Resolver = () => new Promise((resolve) => pending.push(() => resolve(["192.0.2.1"])));
+  const limited = limitLookups(slow, 2);
+  const signal = new AbortController().signal;
+  const first = limited("a.test", signal);
+  const second = limited("b.test", signal);
+  assert.equal(limited.inFlight, 2);
+  await assert.rejects(limited("c.test", signal), /too many name lookups/);
+  pending.shift()!();
+  await first;
+  assert.equal(limited.inFlight, 1);
+  assert.deepEqual(
+    await Promise.race([limited("d.test", signal).then(() => "answered"), Promise.resolve("waiting")]),
+    "waiting",
+  );
+  for (const answer of pending.splice(0)) answer();
+  await second;
 });

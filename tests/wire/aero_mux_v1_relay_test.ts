@@ -11,6 +11,7 @@ import {
   encodeData,
   encodeOpen,
   encodePing,
+  encodeRawFrame,
   MUX_V1_SUBPROTOCOL,
   MuxCloseFlag,
   MuxErrorCode,
@@ -18,6 +19,12 @@ import {
   MuxFrameDecoder,
   MuxMsgType,
 } from "../../src/wire/aero_mux_v1_codec.ts";
+import { encodeFrame as rawFrame, Opcode, RawClient } from "../transport/_frames.ts";
+
+/** A CLOSE with any flags byte, valid or not. */
+function encodeRawClose(id: number, flags: number): Uint8Array {
+  return encodeRawFrame({ type: MuxMsgType.CLOSE, streamId: id }, new Uint8Array([flags]));
+}
 import {
   concat,
   patternDigest,
@@ -313,4 +320,51 @@ Deno.test("aero-tcp-mux-v1: an echo over IPv6 loopback (::1)", async () => {
   } finally {
     listener.close();
   }
+});
+
+Deno.test("aero-tcp-mux-v1: a frame that never completes is cut off at the message deadline (1008)", async () => {
+  await using relay = startAeroRelay({ messageTimeoutMs: 300 });
+  await using client = await AeroClient.connect(relay.port);
+  // A DATA header announcing 100 bytes, and 10 of them.
+  const frame = encodeData(1, new Uint8Array(100));
+  client.send(frame.subarray(0, 19));
+  const started = performance.now();
+  const event = await withTimeout(client.closed, 3000, "the close");
+  assert.equal(event.code, 1008);
+  assert.ok(performance.now() - started < 2500);
+});
+
+Deno.test("aero-tcp-mux-v1: an ERROR the relay sends for a live stream also ends that stream", async () => {
+  await using relay = startAeroRelay();
+  await using echo = startEchoServer();
+  await using client = await AeroClient.connect(relay.port);
+  client.send(encodeOpen(1, { host: "127.0.0.1", port: echo.port }), encodeData(1, text("a")));
+  assert.equal((await client.next((f) => f.streamId === 1, "echo")).type, MuxMsgType.DATA);
+  // CLOSE with flags 0 is malformed: ERROR 3 on stream 1, and stream 1 is gone.
+  client.send(encodeRawClose(1, 0));
+  const error = await client.next((f) => f.streamId === 1, "ERROR");
+  assert.equal((error as { code: number }).code, MuxErrorCode.PROTOCOL_ERROR);
+  client.send(encodePing(0, text("sync")));
+  await client.next((f) => f.type === MuxMsgType.PONG, "PONG");
+  assert.equal(relay.relay.metrics.streamsActive, 0);
+});
+
+Deno.test("aero-tcp-mux-v1: a client that pings with big payloads and never reads is cut off", async () => {
+  await using relay = startAeroRelay();
+  const { client } = await RawClient.upgrade(relay.port, `/tcp-mux?token=${TOKEN}`, {
+    headers: { "Sec-WebSocket-Protocol": MUX_V1_SUBPROTOCOL },
+  });
+  await using _ = client;
+  const ping = rawFrame({ opcode: Opcode.BINARY, payload: encodePing(0, new Uint8Array(60 * 1024)) });
+  const deadline = performance.now() + 10_000;
+  // Never read; write until the relay has given up on this session (bounded by count and time).
+  for (let i = 0; i < 2000 && relay.relay.sessions.size > 0 && performance.now() < deadline; i++) {
+    if (!(await client.tryWrite(ping, { timeoutMs: 2000 }).catch(() => false))) break;
+  }
+  const until = performance.now() + 5000;
+  while (relay.relay.sessions.size > 0 && performance.now() < until) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.equal(relay.relay.sessions.size, 0, "the session was cut off");
+  assert.ok((relay.relay.metrics.rateLimited.get("unread_errors") ?? 0) >= 1);
 });

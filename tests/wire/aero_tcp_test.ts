@@ -3,6 +3,8 @@
  * upgrade. Real WebSockets (Deno's) and real TCP targets on loopback.
  */
 import assert from "node:assert/strict";
+import { defaultConfig } from "../../src/config.ts";
+import { serveRelay } from "../../src/server.ts";
 import { parseTcpTarget } from "../../src/wire/aero_tcp.ts";
 import {
   closedPort,
@@ -120,4 +122,41 @@ Deno.test("/tcp: the target's close ends the WebSocket after its last byte (1000
   const closed = await withTimeout(collect(refused), 5000, "the close");
   assert.equal(closed.code, 1011);
   assert.match(closed.reason, /Cannot connect/);
+});
+
+Deno.test("/tcp: a request that could not become a session never costs a name lookup", async () => {
+  let lookups = 0;
+  const resolve = () => {
+    lookups++;
+    return Promise.resolve(["127.0.0.1"]);
+  };
+  await using echo = startEchoServer();
+  await using relay = serveRelay(
+    defaultConfig({
+      port: 0,
+      authTokens: [TOKEN],
+      allowPrivateIps: true,
+      logLevel: "warning",
+      maxSessionsPerIp: 1,
+    }),
+    { resolve },
+  );
+  const held = await openTcp(relay.port, `host=echo.test&port=${echo.port}`);
+  assert.ok(held instanceof WebSocket);
+  // openTcp probes with a plain request before the WebSocket: each looked the name up once.
+  const before = lookups;
+  assert.ok(before >= 1);
+  // Over the per-IP cap: 429 before any lookup; a broken handshake: 400 before any lookup.
+  assert.equal(await openTcp(relay.port, `host=echo.test&port=${echo.port}`), 429);
+  held.close();
+  await new Promise((resolve) => held.onclose = resolve);
+  const broken = await fetch(
+    `http://127.0.0.1:${relay.port}/tcp?token=${TOKEN}&host=echo.test&port=${echo.port}`,
+    {
+      headers: { upgrade: "websocket", connection: "Upgrade", "sec-websocket-version": "13" },
+    },
+  );
+  await broken.body?.cancel();
+  assert.equal(broken.status, 400);
+  assert.equal(lookups, before, "no lookup for a capped or broken request");
 });
