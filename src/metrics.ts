@@ -58,6 +58,8 @@ export class Metrics {
   acceptErrors = 0;
   /** X-Forwarded-For values ignored because their last entry is not an IP address. */
   forwardedInvalid = 0;
+  /** Bytes of OPEN metadata (aero-tcp-mux-v1) received; accepted and counted, never logged. */
+  openMetadataBytes = 0;
   /** Times a session stopped reading its WebSocket because its upload queues were over budget. */
   uploadPauses = 0;
   /** Live figures read at scrape time (set by the relay that owns the listener and the budgets). */
@@ -241,6 +243,11 @@ export class Metrics {
       "aero_proxy_forwarded_invalid_total",
       "X-Forwarded-For headers ignored because the last entry is not an IP address",
       () => m.forwardedInvalid,
+    );
+    counter(
+      "aero_proxy_open_metadata_bytes_total",
+      "Bytes of OPEN metadata received (aero-tcp-mux-v1); counted, never logged",
+      () => m.openMetadataBytes,
     );
     counter(
       "aero_proxy_upload_pauses_total",

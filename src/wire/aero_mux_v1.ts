@@ -108,6 +108,7 @@ export class AeroMuxWire implements Wire {
             );
             continue;
           }
+          session.metrics.openMetadataBytes += frame.metadata.byteLength;
           session.openTarget(id, frame.host, frame.port);
           continue;
         }

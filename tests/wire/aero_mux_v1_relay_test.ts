@@ -120,11 +120,15 @@ Deno.test("aero-tcp-mux-v1: echo by name, half-close both ways, ping, concatenat
   await t.step(
     "OPEN localhost, DATA before the connect completes, FIN: the echo comes back, then CLOSE FIN",
     async () => {
-      client.send(encodeOpen(1, { host: "localhost", port: echo.port }), encodeData(1, text("hello")));
+      client.send(
+        encodeOpen(1, { host: "localhost", port: echo.port, metadata: '{"guest":"vm-1"}' }),
+        encodeData(1, text("hello")),
+      );
       client.send(encodeClose(1, MuxCloseFlag.FIN));
       const { data, flags } = await client.readToClose(1);
       assert.equal(new TextDecoder().decode(data), "hello");
       assert.equal(flags, MuxCloseFlag.FIN);
+      assert.equal(relay.relay.metrics.openMetadataBytes, 16, "OPEN metadata is counted");
     },
   );
 
