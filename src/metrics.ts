@@ -21,8 +21,10 @@ export interface LiveFigures {
   socketLimit(): number;
   /** Client bytes queued towards targets across all sessions. */
   queuedBytes(): number;
-  /** Bytes of WebSocket messages still arriving, across all sessions. */
+  /** Bytes of WebSocket messages (and aero-tcp-mux-v1 frames) still arriving, across all sessions. */
   assemblingBytes(): number;
+  /** Name lookups running now. */
+  lookupsInFlight(): number;
 }
 
 /** Counters and gauges of one relay instance. */
@@ -275,6 +277,11 @@ export class Metrics {
       "aero_proxy_assembling_bytes",
       "Bytes of WebSocket messages still arriving, across all sessions",
       () => m.live?.assemblingBytes() ?? 0,
+    );
+    gauge(
+      "aero_proxy_lookups_in_flight",
+      "Target name lookups running now (capped relay-wide)",
+      () => m.live?.lookupsInFlight() ?? 0,
     );
     this.#connectSeconds = new client.Histogram({
       name: "aero_proxy_connect_duration_seconds",

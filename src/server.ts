@@ -119,6 +119,8 @@ export class Relay {
   readonly #tokens: TokenSet;
   readonly #policy;
   readonly #dial: Dial;
+  /** Name lookups, capped relay-wide. */
+  readonly #lookups: ReturnType<typeof limitLookups>;
   readonly #resolveTarget: (target: Target, signal: AbortSignal) => Promise<TargetResult>;
   readonly #sessions = new Set<Session>();
   readonly #sessionsPerIp = new Map<string, number>();
@@ -141,10 +143,11 @@ export class Relay {
     this.metrics = deps.metrics ?? new Metrics();
     this.#tokens = new TokenSet(config.authTokens);
     this.#policy = createPolicy(config);
+    this.#lookups = limitLookups(deps.resolve ?? systemResolver, MAX_LOOKUPS);
     const targetDeps = {
       addressPolicy: this.#policy,
       hostPolicy: createHostPolicy(config),
-      resolve: limitLookups(deps.resolve ?? systemResolver, MAX_LOOKUPS),
+      resolve: this.#lookups,
       timeoutMs: config.dnsTimeoutMs,
     };
     this.#resolveTarget = (target, signal) => resolveTarget(target, { ...targetDeps, signal });
@@ -164,6 +167,11 @@ export class Relay {
   /** Client bytes queued towards targets, across all sessions. */
   get queue(): QueueBudget {
     return this.#queue;
+  }
+
+  /** Name lookups running now (each holds a blocking thread until the resolver answers). */
+  get lookupsInFlight(): number {
+    return this.#lookups.inFlight;
   }
 
   /** Bytes of WebSocket messages still arriving, across all sessions. */
@@ -379,6 +387,7 @@ export class Relay {
       clientIp,
       sockets: this.#sockets,
       queue: this.#queue,
+      assembly: this.#assembly,
       resolveTarget: this.#resolveTarget,
       wire,
       onClose: released,
@@ -566,6 +575,7 @@ export function serveRelay(config: Config, deps: RelayDeps = {}, options: ServeO
     socketLimit: () => relay.sockets.limit,
     queuedBytes: () => relay.queue.used,
     assemblingBytes: () => relay.assembly.used,
+    lookupsInFlight: () => relay.lookupsInFlight,
   };
   // The metrics listener is for the operator's network only; Deno's server is enough there.
   const abort = new AbortController();

@@ -109,6 +109,8 @@ export interface SessionDeps {
   readonly sockets?: SocketBudget;
   /** Client bytes queued towards targets across all sessions. */
   readonly queue?: QueueBudget;
+  /** Bytes of messages and frames still arriving, across all sessions (counted, for the metrics). */
+  readonly assembly?: QueueBudget;
   /** Called once when the session ends, before its socket has necessarily finished closing. */
   readonly onClose?: () => void;
 }
@@ -162,6 +164,8 @@ export class Session implements StreamHost {
   #closed = false;
   #unreadErrors = 0;
   #unreadReplyBytes = 0;
+  /** Bytes of a frame still arriving, as last reported by the wire. */
+  #partialBytes = 0;
   #streamsOpened = 0;
   #bytesIn = 0;
   #bytesOut = 0;
@@ -224,6 +228,17 @@ export class Session implements StreamHost {
   /** The metrics this session counts into. */
   get metrics(): Metrics {
     return this.#metrics;
+  }
+
+  /**
+   * The wire holds `bytes` of a frame still arriving (a framing whose frames span WebSocket messages): they
+   * count in the relay-wide bytes of messages still arriving, until the frame completes or the session ends.
+   */
+  holdPartial(bytes: number): void {
+    const delta = this.#closed ? -this.#partialBytes : bytes - this.#partialBytes;
+    if (delta > 0) this.#deps.assembly?.add(delta);
+    else if (delta < 0) this.#deps.assembly?.remove(-delta);
+    this.#partialBytes += delta;
   }
 
   /** Counts one message from the client. */
@@ -462,20 +477,16 @@ export class Session implements StreamHost {
     }
   }
 
-  /** Streams report their queue overflows here, so they are counted and logged like other limits. */
-  limitHit(kind: "backpressure" | "client_bytes", id: number, message: string): void {
-    if (kind === "backpressure") {
-      this.#metrics.backpressureErrors++;
-      if (this.#firstTime("backpressure")) {
-        logger.warn("backpressure", {
-          event: "backpressure",
-          sessionId: this.sessionId,
-          streamId: id,
-          reason: message,
-        });
-      }
-    } else {
-      this.countLimit(kind, id, message);
+  /** A stream ended with ERROR 8 for a stalled target: counted, and logged once per session. */
+  #backpressureHit(id: number, message: string): void {
+    this.#metrics.backpressureErrors++;
+    if (this.#firstTime("backpressure")) {
+      logger.warn("backpressure", {
+        event: "backpressure",
+        sessionId: this.sessionId,
+        streamId: id,
+        reason: message,
+      });
     }
   }
 
@@ -613,7 +624,7 @@ export class Session implements StreamHost {
       if (stream.stalledFor(now) >= stallMs) {
         const message = `Target ${stream.destination} is not reading fast enough: it accepted no data for ` +
           `${stallMs} ms while the upload queues were full`;
-        this.limitHit("backpressure", stream.id, message);
+        this.#backpressureHit(stream.id, message);
         stream.finish("backpressure", message);
       }
     }
@@ -706,6 +717,7 @@ export class Session implements StreamHost {
     this.#sweepTimer = undefined;
     if (this.#uploadPaused) this.#resumeUploads();
     this.#wire.sessionClosed?.();
+    this.holdPartial(0);
     if (this.#stallTimer !== undefined) clearInterval(this.#stallTimer);
     this.#stallTimer = undefined;
     this.#stopWatchingQueue?.();

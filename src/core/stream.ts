@@ -141,8 +141,6 @@ export interface StreamHost {
   /** The stream keeps its socket open after finishing, to drain the target after a client CLOSE. */
   lingerStarted(stream: TcpStream): void;
   lingerEnded(stream: TcpStream): void;
-  /** A queue overflowed: counted and logged by the session. */
-  limitHit(kind: "backpressure" | "client_bytes", id: number, message: string): void;
   countToTarget(n: number): void;
   countFromTarget(n: number): void;
 }

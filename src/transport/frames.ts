@@ -148,11 +148,6 @@ export class FrameReceiver {
     this.#maxMessageBytes = options.maxMessageBytes;
   }
 
-  /** Whether a fragmented message has begun and not yet ended. */
-  get inMessage(): boolean {
-    return this.#messageOpcode !== 0;
-  }
-
   /** Whether a message has begun and not yet ended: a fragment seen, or a frame's payload half read. */
   get partial(): boolean {
     return this.#messageOpcode !== 0 || (this.#state === State.PAYLOAD && this.#opcode < Opcode.CLOSE);

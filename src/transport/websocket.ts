@@ -111,6 +111,8 @@ export class WebSocketConnection {
   #writing = false;
   /** The pong to write before the next queued frame, if a ping is waiting for one. */
   #pongs: Uint8Array[] = [];
+  /** Runs once the queue is empty, when the connection is to close after its last frame. */
+  #flushed: (() => void) | undefined;
   #drainWaiters: { low: number; resolve: () => void }[] = [];
 
   // Inbound.
@@ -144,11 +146,6 @@ export class WebSocketConnection {
   /** Bytes accepted by `send` and not yet handed to the kernel. */
   get bufferedAmount(): number {
     return this.#buffered;
-  }
-
-  /** Whether inbound reads are paused. */
-  get paused(): boolean {
-    return this.#paused;
   }
 
   /**
@@ -239,11 +236,6 @@ export class WebSocketConnection {
     this.#ended = true;
     this.#state = ReadyState.CLOSED;
     this.onclose?.({ code: CloseCode.ABNORMAL, reason: "", wasClean: false });
-  }
-
-  /** Drops the connection without a closing handshake. */
-  terminate(): void {
-    this.#end();
   }
 
   /** Stops reading from the peer (TCP backpressure) until {@linkcode resume}. */
@@ -503,8 +495,6 @@ export class WebSocketConnection {
     }
     this.#drainWaiters = still;
   }
-
-  #flushed: (() => void) | undefined;
 
   /** Closes the connection once every queued frame (the close frame last) has been written. */
   #closeWhenFlushed(): void {

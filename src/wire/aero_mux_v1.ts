@@ -176,6 +176,7 @@ export class AeroMuxWire implements Wire {
 
   /** Starts or stops the deadline of a half-received frame. */
   #watchPartialFrame(): void {
+    this.#session.holdPartial(this.#decoder.bufferedBytes);
     if (this.#decoder.bufferedBytes === 0) {
       if (this.#frameTimer !== undefined) clearTimeout(this.#frameTimer);
       this.#frameTimer = undefined;
