@@ -99,6 +99,24 @@ export interface Config {
   readonly totalQueueBytes: number;
   /** While its session is paused for a full queue, a stream whose target accepts nothing this long gets ERROR 8. */
   readonly uploadStallMs: number;
+  /** Whether clients may open UDP bindings (Wisp UDP streams). */
+  readonly allowUdp: boolean;
+  /** Largest datagram payload relayed either way; larger ones are dropped and counted. */
+  readonly udpMaxDatagramBytes: number;
+  /** A UDP binding with no datagram either way for this long is closed. */
+  readonly udpIdleMs: number;
+  /** Datagrams per second per session, both directions together; 0 = unlimited. */
+  readonly udpDatagramsPerSec: number;
+  /** Datagram payload bytes per second per session, both directions together; 0 = unlimited. */
+  readonly udpBytesPerSec: number;
+  /** UDP bindings one session may hold at once. */
+  readonly udpMaxBindings: number;
+  /** Wisp: DATA packets a stream may have in flight towards the relay (the CONTINUE buffer size). */
+  readonly wispBufferPackets: number;
+  /** Wisp v2: the message of the day sent in INFO; empty = none. */
+  readonly wispMotd: string;
+  /** Wisp v2: accept the token as the password of the password extension when the upgrade carried none. */
+  readonly wispPasswordAuth: boolean;
 }
 
 type Kind =
@@ -117,6 +135,7 @@ type Kind =
   | "level"
   | "format"
   | "optport"
+  | "text"
   | "switch";
 
 /** One configuration option: its environment variable, its flag, its default and its meaning. */
@@ -566,6 +585,84 @@ export const OPTIONS: readonly OptionSpec[] = [
       "While a session is paused for a full queue, a stream whose target accepts nothing for this long gets ERROR 8",
     max: MAX_TIMER_MS,
   },
+  {
+    key: "allowUdp",
+    env: "AERO_PROXY_ALLOW_UDP",
+    flag: "allow-udp",
+    kind: "bool",
+    default: "1",
+    description: "Let clients open UDP bindings (Wisp UDP streams), under the same destination policy as TCP",
+  },
+  {
+    key: "udpMaxDatagramBytes",
+    env: "AERO_PROXY_UDP_MAX_DATAGRAM_BYTES",
+    flag: "udp-max-datagram-bytes",
+    kind: "count",
+    default: "8192",
+    description: "Largest datagram relayed either way; larger ones are dropped and counted",
+    max: 65507,
+  },
+  {
+    key: "udpIdleMs",
+    env: "AERO_PROXY_UDP_IDLE_MS",
+    flag: "udp-idle-ms",
+    kind: "count",
+    default: "60000",
+    description: "A UDP binding with no datagram either way for this long is closed",
+    max: MAX_TIMER_MS,
+  },
+  {
+    key: "udpDatagramsPerSec",
+    env: "AERO_PROXY_UDP_DATAGRAMS_PER_SEC",
+    flag: "udp-datagrams-per-sec",
+    kind: "rate",
+    default: "2000",
+    description:
+      "Datagrams per second per session, both directions; over it they are dropped (0 = unlimited)",
+  },
+  {
+    key: "udpBytesPerSec",
+    env: "AERO_PROXY_UDP_BYTES_PER_SEC",
+    flag: "udp-bytes-per-sec",
+    kind: "rate",
+    default: String(4 * MIB),
+    description:
+      "Datagram bytes per second per session, both directions; over it they are dropped (0 = unlimited)",
+  },
+  {
+    key: "udpMaxBindings",
+    env: "AERO_PROXY_UDP_MAX_BINDINGS",
+    flag: "udp-max-bindings",
+    kind: "count",
+    default: "64",
+    description: "UDP bindings one session may hold at once (each is a socket)",
+  },
+  {
+    key: "wispBufferPackets",
+    env: "AERO_PROXY_WISP_BUFFER_PACKETS",
+    flag: "wisp-buffer-packets",
+    kind: "count",
+    default: "128",
+    description: "Wisp: DATA packets a TCP stream may have in flight to the relay (the CONTINUE buffer size)",
+    max: 65535,
+  },
+  {
+    key: "wispMotd",
+    env: "AERO_PROXY_WISP_MOTD",
+    flag: "wisp-motd",
+    kind: "text",
+    default: "",
+    description: "Wisp v2: message of the day sent to clients in INFO (empty = none)",
+  },
+  {
+    key: "wispPasswordAuth",
+    env: "AERO_PROXY_WISP_PASSWORD_AUTH",
+    flag: "wisp-password-auth",
+    kind: "bool",
+    default: "0",
+    description:
+      "Wisp v2: offer password auth and accept the token as the password when the upgrade carried none",
+  },
 ];
 
 /** Bad configuration: the message names every offending variable or flag and what it accepts. */
@@ -705,6 +802,15 @@ function convert(spec: OptionSpec, text: string): { value: unknown } | { problem
     }
     case "path":
       return { value: text.trim() };
+    case "text": {
+      const value = text.trim();
+      // Sent to every client as it is: printable text of a bounded size, never control characters.
+      // deno-lint-ignore no-control-regex
+      if (value.length > 1024 || /[\x00-\x1f\x7f]/.test(value)) {
+        return bad("printable text of at most 1024 characters");
+      }
+      return { value };
+    }
     case "origins": {
       const origins = splitList(text);
       for (const origin of origins) {

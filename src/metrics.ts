@@ -64,6 +64,17 @@ export class Metrics {
   openMetadataBytes = 0;
   /** Times a session stopped reading its WebSocket because its upload queues were over budget. */
   uploadPauses = 0;
+  /** UDP bindings open now. */
+  udpBindingsActive = 0;
+  /** Datagrams relayed, client to target and target to client. */
+  datagramsToTargets = 0;
+  datagramsFromTargets = 0;
+  /** Datagrams dropped (too large, over the rate, WebSocket congested, ...), by reason. */
+  readonly datagramsDropped = new Map<string, number>();
+  /** Wisp CLOSE packets sent, by reason name. */
+  readonly wispClosesSent = new Map<string, number>();
+  /** Sessions accepted, by protocol (seed, aero-tcp-mux-v1, tcp, wisp-v1, wisp-v2). */
+  readonly sessionsByProtocol = new Map<string, number>();
   /** Live figures read at scrape time (set by the relay that owns the listener and the budgets). */
   live: LiveFigures | undefined;
 
@@ -255,6 +266,33 @@ export class Metrics {
       "aero_proxy_upload_pauses_total",
       "Times a session stopped reading its WebSocket while its upload queues were over budget",
       () => m.uploadPauses,
+    );
+    gauge("aero_proxy_udp_bindings_active", "UDP bindings open now", () => m.udpBindingsActive);
+    directed(
+      "aero_proxy_udp_datagrams_total",
+      "Datagrams relayed",
+      () => m.datagramsToTargets,
+      () => m.datagramsFromTargets,
+      "to_target",
+      "from_target",
+    );
+    labelled(
+      "aero_proxy_udp_datagrams_dropped_total",
+      "Datagrams dropped (UDP semantics: never queued), by reason",
+      "reason",
+      m.datagramsDropped,
+    );
+    labelled(
+      "aero_proxy_wisp_closes_sent_total",
+      "Wisp CLOSE packets sent, by reason",
+      "reason",
+      m.wispClosesSent,
+    );
+    labelled(
+      "aero_proxy_sessions_by_protocol_total",
+      "Sessions accepted, by protocol",
+      "protocol",
+      m.sessionsByProtocol,
     );
     gauge("aero_proxy_connections_open", "Client connections open now", () => m.live?.connections() ?? 0);
     gauge(

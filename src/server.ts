@@ -31,6 +31,7 @@ import {
 } from "./transport/listener.ts";
 import { AeroMuxWire } from "./wire/aero_mux_v1.ts";
 import { SeedWire } from "./wire/seed_v1.ts";
+import { parseWispRequest, WISP_PATH, WispWire } from "./wire/wisp.ts";
 import { AeroTcpWire, parseTcpTarget, TCP_PATH, TCP_STREAM_ID } from "./wire/aero_tcp.ts";
 
 const logger = getLogger(["aero-net-proxy", "server"]);
@@ -218,6 +219,7 @@ export class Relay {
     const url = new URL(request.url);
     // --demo only: the browser demo page (src/demo/). Off by default.
     if (this.config.demo && isDemoPath(url.pathname)) return demoResponse(request, url);
+    if (url.pathname.startsWith(WISP_PATH)) return this.#wispUpgrade(request, info, url);
     if (url.pathname !== MUX_PATH && url.pathname !== TCP_PATH) {
       if (url.pathname === "/metrics") {
         const bearer = /^Bearer[ ]+(\S+)\s*$/i.exec(request.headers.get("authorization") ?? "")?.[1];
@@ -266,6 +268,7 @@ export class Relay {
     return this.#startSession(
       request,
       info,
+      framing === "aero" ? "aero-tcp-mux-v1" : "seed",
       protocol,
       (session) =>
         framing === "aero"
@@ -273,6 +276,69 @@ export class Relay {
           : new SeedWire(session),
     );
   };
+
+  /**
+   * `/wisp/`: Wisp v2 when the upgrade offers any subprotocol (the first one offered is echoed, as browsers and
+   * the `ws` library require), v1 otherwise. The token comes from `Authorization: Bearer`, the path
+   * (`/wisp/<token>/`) or the query; with `wispPasswordAuth`, a v2 upgrade without one may authenticate with the
+   * token as the password extension's password instead.
+   */
+  #wispUpgrade(request: Request, info: ConnInfo, url: URL): Response {
+    const parsed = parseWispRequest(url);
+    if (parsed.kind === "not_found") return text(404, "Not Found");
+    if (parsed.kind === "wsproxy") {
+      return text(
+        400,
+        "Bad Request: the wsproxy form (/wisp/host:port) is not served; Wisp clients connect to /wisp/ " +
+          "(with the trailing slash)",
+      );
+    }
+    if (request.method !== "GET") return text(405, "Method Not Allowed", { allow: "GET" });
+    if (this.#draining) {
+      return text(503, "Service Unavailable: the relay is shutting down", { "retry-after": "5" });
+    }
+    const origin = request.headers.get("origin");
+    if (origin !== null && !this.#allowAnyOrigin && !this.#origins.has(origin)) {
+      return this.#refuse(request, info, 403, "origin_not_allowed");
+    }
+    const v2 = request.headers.has("sec-websocket-protocol");
+    const fromHeaders = tokenFromRequest(new URL("http://relay/"), request.headers);
+    const candidates = fromHeaders === undefined ? parsed.tokens : [fromHeaders, ...parsed.tokens];
+    const tokens = this.#tokens;
+    let password: { required: boolean; check(password: string): boolean } | undefined;
+    if (candidates.length > 0) {
+      // Every candidate is checked (digests, constant time each), so which one matched does not leak by timing.
+      let valid = false;
+      for (const candidate of candidates) valid = tokens.matches(candidate) || valid;
+      if (!valid) return this.#authFailed(request, info, 403, "invalid");
+    } else if (v2 && this.config.wispPasswordAuth) {
+      password = { required: true, check: (candidate) => tokens.matches(candidate) };
+    } else {
+      return this.#authFailed(request, info, 401, "missing");
+    }
+    if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
+      return text(426, "Upgrade Required: this endpoint speaks WebSocket", { upgrade: "websocket" });
+    }
+    const echoed = offeredSubprotocols(request.headers).find((p) => !p.startsWith(TOKEN_SUBPROTOCOL_PREFIX));
+    let wire: WispWire | undefined;
+    const config = this.config;
+    return this.#startSession(
+      request,
+      info,
+      v2 ? "wisp-v2" : "wisp-v1",
+      v2 ? echoed : undefined,
+      (session) =>
+        wire = new WispWire(session, {
+          version: v2 ? 2 : 1,
+          bufferPackets: config.wispBufferPackets,
+          motd: config.wispMotd,
+          udp: config.allowUdp,
+          handshakeTimeoutMs: config.headerTimeoutMs,
+          ...(password === undefined ? {} : { password }),
+        }),
+      () => wire?.start(),
+    );
+  }
 
   /**
    * `/tcp`: the target comes from the URL (`target=host:port` wins over `host` and `port`) and is resolved and
@@ -309,6 +375,7 @@ export class Relay {
     return this.#startSession(
       request,
       info,
+      "tcp",
       protocol,
       (session) => new AeroTcpWire(session),
       (session) => session.openChecked(TCP_STREAM_ID, address, target.port),
@@ -342,6 +409,7 @@ export class Relay {
   #startSession(
     request: Request,
     info: ConnInfo,
+    kind: string,
     protocol: string | undefined,
     wire: (session: Session) => Wire,
     begin?: (session: Session) => void,
@@ -393,6 +461,7 @@ export class Relay {
       onClose: released,
     });
     this.#sessions.add(session);
+    Metrics.bump(this.metrics.sessionsByProtocol, kind);
     bumpCount(this.#sessionsPerIp, clientIp, 1);
     this.#socketsClosed.set(session, socketClosed.promise);
     socket.onmessage = (event) => session.receive(event.data);

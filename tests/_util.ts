@@ -528,3 +528,86 @@ export function hasCommand(name: string, args: string[] = ["--version"]): Promis
     () => false,
   );
 }
+
+/** A test certificate authority and a server certificate it signed, in a temporary directory. */
+export interface TestCa extends AsyncDisposable {
+  /** PEM of the CA certificate (what a client must trust). */
+  readonly caCert: string;
+  /** PEM of the server certificate (for `IP:127.0.0.1` and `DNS:localhost`) and of its key. */
+  readonly cert: string;
+  readonly key: string;
+}
+
+/**
+ * Makes a one-day CA and a server certificate signed by it, with openssl. Resolves `undefined`, and reports
+ * the skip, when openssl is not installed.
+ */
+export async function makeTestCa(): Promise<TestCa | undefined> {
+  if (!(await hasCommand("openssl", ["version"]))) {
+    report("skipped: openssl is not installed");
+    return undefined;
+  }
+  const dir = await Deno.makeTempDir({ prefix: "aero-ca-" });
+  const remove = () => Deno.remove(dir, { recursive: true });
+  const openssl = async (...args: string[]) => {
+    const result = await new Deno.Command("openssl", { args, cwd: dir, stdout: "null", stderr: "piped" })
+      .output();
+    assert.ok(result.success, new TextDecoder().decode(result.stderr));
+  };
+  try {
+    await openssl(
+      ...[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=aero-net-proxy test CA",
+      ],
+      ...["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+      ...["-keyout", "ca.key", "-out", "ca.pem"],
+    );
+    await openssl(
+      "req",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-subj",
+      "/CN=127.0.0.1",
+      "-keyout",
+      "leaf.key",
+      "-out",
+      "leaf.csr",
+    );
+    await Deno.writeTextFile(
+      `${dir}/leaf.ext`,
+      "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    );
+    await openssl(
+      ...[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+      ],
+      ...["-extfile", "leaf.ext", "-out", "leaf.pem"],
+    );
+    const [caCert, cert, key] = await Promise.all(
+      ["ca.pem", "leaf.pem", "leaf.key"].map((name) => Deno.readTextFile(`${dir}/${name}`)),
+    );
+    return { caCert: caCert!, cert: cert!, key: key!, [Symbol.asyncDispose]: remove };
+  } catch (err: unknown) {
+    await remove();
+    throw err;
+  }
+}

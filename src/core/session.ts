@@ -9,10 +9,13 @@ import type { Config } from "../config.ts";
 import { Metrics } from "../metrics.ts";
 import type { Policy } from "../policy/policy.ts";
 import { TokenBucket } from "../rate_limit.ts";
+import { type DatagramDrop, type DatagramHost, UdpStream } from "./datagram.ts";
 import {
   type CloseReason,
+  type ConnectCause,
   type Dial,
   MIN_READ,
+  type SessionStream,
   type StreamHost,
   type StreamTarget,
   TcpStream,
@@ -72,8 +75,16 @@ export interface Wire {
   receive(data: ArrayBuffer | string): void;
   /** Stream `id` is connected to its target. */
   streamOpened(id: number): void;
-  /** Stream `id` ends for `reason`; `message` is set when it ends in error. */
-  streamEnding(id: number, reason: CloseReason, message: string | undefined): void;
+  /**
+   * Stream `id` ends for `reason`; `message` is set when it ends in error, `cause` when a connect failed for a
+   * reason the relay could tell (unreachable, timed out, refused).
+   */
+  streamEnding(id: number, reason: CloseReason, message: string | undefined, cause?: ConnectCause): void;
+  /**
+   * The target of TCP stream `id` took client bytes; `queuedBytes` are still waiting for it (0: all written).
+   * For wires that grant the client credit as the queue drains.
+   */
+  uploadProgress?(id: number, queuedBytes: number): void;
   /** An OPEN was refused before it became a stream. */
   openRefused(id: number, refusal: Refusal, message: string): void;
   /** The transport found a rule broken at the WebSocket level and is about to close with `code`. */
@@ -119,7 +130,7 @@ const logger = getLogger(["aero-net-proxy", "session"]);
 let nextSessionNumber = 1;
 
 /** One client's WebSocket and its streams. */
-export class Session implements StreamHost {
+export class Session implements StreamHost, DatagramHost {
   readonly sessionId: string;
   readonly dial: Dial;
   readonly connectTimeoutMs: number;
@@ -135,7 +146,12 @@ export class Session implements StreamHost {
   readonly #wire: Wire;
   readonly #deps: SessionDeps;
   readonly #metrics: Metrics;
-  readonly #streams = new Map<number, TcpStream>();
+  readonly #streams = new Map<number, SessionStream>();
+  #datagramStreams = 0;
+  readonly #datagramBucket: TokenBucket | undefined;
+  readonly #datagramByteBucket: TokenBucket | undefined;
+  readonly maxDatagramBytes: number;
+  readonly datagramIdleMs: number;
   readonly #recent = new Set<number>();
   readonly #tasks = new Set<Promise<void>>();
   /** Finished streams still draining their target after a client CLOSE (see `LINGER_MS`). */
@@ -193,6 +209,14 @@ export class Session implements StreamHost {
     this.#openBucket = config.openRate > 0 ? new TokenBucket(config.openRate, config.openBurst) : undefined;
     this.#uplinkBucket = config.clientBytesPerSec > 0
       ? new TokenBucket(config.clientBytesPerSec, config.clientBytesPerSec)
+      : undefined;
+    this.maxDatagramBytes = config.udpMaxDatagramBytes;
+    this.datagramIdleMs = config.udpIdleMs;
+    this.#datagramBucket = config.udpDatagramsPerSec > 0
+      ? new TokenBucket(config.udpDatagramsPerSec, config.udpDatagramsPerSec)
+      : undefined;
+    this.#datagramByteBucket = config.udpBytesPerSec > 0
+      ? new TokenBucket(config.udpBytesPerSec, config.udpBytesPerSec)
       : undefined;
     this.#downlinkBucket = config.targetBytesPerSec > 0
       ? new TokenBucket(config.targetBytesPerSec, config.targetBytesPerSec)
@@ -292,6 +316,36 @@ export class Session implements StreamHost {
     this.#startStream(id, { host: address, port, resolve: false });
   }
 
+  /**
+   * Opens a UDP binding `id` to `host:port` (a name or an address as text), resolved and checked like a TCP
+   * target; refused with `policy_denied` when the operator turned UDP off, `rate_limited` past the bindings cap.
+   */
+  openDatagram(id: number, host: string, port: number): void {
+    const { config } = this.#deps;
+    if (!config.allowUdp) {
+      if (this.#closed || this.#streams.has(id)) return;
+      this.remember(id);
+      this.#policyDenied(id, "udp_disabled", "UDP is turned off on this relay");
+      this.#wire.openRefused(id, "policy_denied", "UDP is turned off on this relay");
+      return;
+    }
+    if (this.#datagramStreams >= config.udpMaxBindings && !this.#closed && !this.#streams.has(id)) {
+      this.remember(id);
+      this.#limit(
+        "udp_bindings",
+        id,
+        `Too many UDP bindings: this session has ${this.#datagramStreams} (the limit)`,
+      );
+      return;
+    }
+    if (!this.#admit(id)) return;
+    this.#recent.delete(id);
+    const stream = new UdpStream(this, id, { host, port, resolve: true });
+    this.#datagramStreams++;
+    this.#metrics.udpBindingsActive++;
+    this.#track(stream, 0);
+  }
+
   /** The checks every OPEN passes before it becomes a stream; false when it was refused (and answered). */
   #admit(id: number): boolean {
     if (this.#closed || this.#streams.has(id)) return false;
@@ -337,14 +391,19 @@ export class Session implements StreamHost {
 
   #startStream(id: number, target: StreamTarget): void {
     this.#recent.delete(id);
-    const stream = new TcpStream(this, id, target);
+    this.#track(new TcpStream(this, id, target), this.#openDelayMs);
+  }
+
+  /** Registers a new stream and starts it; a bug in it ends that stream, never the relay. */
+  #track(stream: SessionStream, delayMs: number): void {
+    const id = stream.id;
     this.#streams.set(id, stream);
     this.#streamsOpened++;
     this.#metrics.streamsActive++;
     this.#metrics.streamsTotal++;
     // A bug in a stream must end that stream with an internal error, never reject unhandled (which would stop
     // the relay).
-    const task = stream.start(this.#openDelayMs).catch((err: unknown) => {
+    const task = stream.start(delayMs).catch((err: unknown) => {
       this.#internalError(err, id);
       stream.finish("internal_error", "Internal relay error");
     });
@@ -363,6 +422,12 @@ export class Session implements StreamHost {
       this.#policyDenied(SESSION_ID, result.rule ?? "denied", result.reason);
     }
     return result;
+  }
+
+  /** Client bytes stream `id` still holds for its target, as charged; undefined when it is not a live TCP stream. */
+  uploadQueued(id: number): number | undefined {
+    const stream = this.#streams.get(id);
+    return stream instanceof TcpStream ? stream.queuedBytes : undefined;
   }
 
   /** Client bytes for stream `id`; false when no such stream is live. */
@@ -573,6 +638,7 @@ export class Session implements StreamHost {
     this.#deps.queue?.remove(bytes);
     if (!streamFull) this.#fullStreams.delete(stream);
     if (this.#uploadPaused && !this.#overBudget()) this.#resumeUploads();
+    if (!stream.closed && !this.#closed) this.#wire.uploadProgress?.(stream.id, stream.queuedBytes);
   }
 
   #overBudget(): boolean {
@@ -652,7 +718,7 @@ export class Session implements StreamHost {
     this.#wire.writeDataHeader(frame, id);
   }
 
-  streamOpened(stream: TcpStream): void {
+  streamOpened(stream: SessionStream): void {
     this.#wire.streamOpened(stream.id);
   }
 
@@ -660,17 +726,49 @@ export class Session implements StreamHost {
     if (!this.#closed) this.#wire.targetEnded(stream.id);
   }
 
-  streamEnding(stream: TcpStream, reason: CloseReason, message: string | undefined): void {
-    if (!this.#closed) this.#wire.streamEnding(stream.id, reason, message);
+  streamEnding(
+    stream: SessionStream,
+    reason: CloseReason,
+    message: string | undefined,
+    cause?: ConnectCause,
+  ): void {
+    if (!this.#closed) this.#wire.streamEnding(stream.id, reason, message, cause);
   }
 
-  streamFinished(stream: TcpStream): void {
+  streamFinished(stream: SessionStream): void {
+    if (stream instanceof UdpStream) {
+      this.#datagramStreams--;
+      this.#metrics.udpBindingsActive--;
+    }
     if (this.#streams.get(stream.id) === stream) {
       this.#streams.delete(stream.id);
       this.#metrics.streamsActive--;
       if (this.#streams.size === 0) this.#emptySince = performance.now();
     }
     this.remember(stream.id);
+  }
+
+  // --- DatagramHost ----------------------------------------------------------------------------------
+
+  admitDatagram(bytes: number): boolean {
+    if (this.#datagramBucket !== undefined && this.#datagramBucket.waitFor(1) > 0) return false;
+    if (this.#datagramByteBucket !== undefined && !this.#datagramByteBucket.tryTake(bytes)) return false;
+    this.#datagramBucket?.tryTake(1);
+    return true;
+  }
+
+  datagramDropped(reason: DatagramDrop): void {
+    Metrics.bump(this.#metrics.datagramsDropped, reason);
+  }
+
+  datagramRelayed(direction: "to_target" | "from_target", bytes: number): void {
+    if (direction === "to_target") {
+      this.#metrics.datagramsToTargets++;
+      this.countToTarget(bytes);
+    } else {
+      this.#metrics.datagramsFromTargets++;
+      this.countFromTarget(bytes);
+    }
   }
 
   lingerStarted(stream: TcpStream): void {

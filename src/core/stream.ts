@@ -86,12 +86,38 @@ export type CloseReason =
   | "client_reset"
   | "internal_error";
 
+/**
+ * Why a connect failed, for wires that tell these apart (Wisp has a close reason for each); the others see
+ * `connect_failed` alone.
+ */
+export type ConnectCause = "unreachable" | "timeout" | "refused";
+
 /** Where a stream goes: an address to dial as it is, or a name (or literal) the session resolves first. */
 export interface StreamTarget {
   readonly host: string;
   readonly port: number;
   /** Whether `host` still has to go through the session's target resolution and policy. */
   readonly resolve: boolean;
+}
+
+/** What a session holds for each live stream, TCP or UDP. */
+export interface SessionStream {
+  readonly id: number;
+  readonly destination: string;
+  readonly closed: boolean;
+  /** Starts connecting (after `delayMs`); settles when the stream's loops have ended. */
+  start(delayMs?: number): Promise<void>;
+  /** Client bytes for the target. */
+  enqueue(data: Uint8Array): void;
+  /** The client is done sending (what that means is the stream's: FIN for TCP, the end for UDP). */
+  clientClose(): void;
+  finish(reason: CloseReason, message?: string, cause?: ConnectCause): void;
+  /** True once the stream has seen no traffic for `idleMs`, as of `now`. */
+  idleFor(now: number, idleMs: number): boolean;
+  /** How long queued client bytes have waited for the target (0: nothing waits). */
+  stalledFor(now: number): number;
+  /** Ends a linger at once (the session is closing). */
+  abortLinger(): void;
 }
 
 /** What a stream needs from its session. */
@@ -131,11 +157,19 @@ export interface StreamHost {
   writeDataHeader(frame: Uint8Array, id: number): void;
   sendFrame(frame: Uint8Array): void;
   /** The target accepted the connection. */
-  streamOpened(stream: TcpStream): void;
-  /** The stream is ending for `reason` (with a message for the client when it is an error). */
-  streamEnding(stream: TcpStream, reason: CloseReason, message: string | undefined): void;
+  streamOpened(stream: SessionStream): void;
+  /**
+   * The stream is ending for `reason` (with a message for the client when it is an error, and for a failed
+   * connect, its cause when known).
+   */
+  streamEnding(
+    stream: SessionStream,
+    reason: CloseReason,
+    message: string | undefined,
+    cause?: ConnectCause,
+  ): void;
   /** Called once when the stream has finished. */
-  streamFinished(stream: TcpStream): void;
+  streamFinished(stream: SessionStream): void;
   /** Records a finished stream in the metrics. */
   observeStream(reason: CloseReason, connectMs: number | undefined, durationMs: number): void;
   /** The stream keeps its socket open after finishing, to drain the target after a client CLOSE. */
@@ -160,8 +194,19 @@ export function connectFailure(err: unknown): CloseReason {
   return "connect_failed";
 }
 
+/** What kind of connect failure `err` is, when it is one a wire can name. */
+export function connectCause(err: unknown, timedOut: boolean): ConnectCause | undefined {
+  if (timedOut) return "timeout";
+  if (err instanceof Deno.errors.ConnectionRefused) return "refused";
+  if (err instanceof Deno.errors.TimedOut) return "timeout";
+  if (err instanceof Deno.errors.NetworkUnreachable || err instanceof Deno.errors.AddrNotAvailable) {
+    return "unreachable";
+  }
+  return undefined;
+}
+
 /** One TCP stream of a session. */
-export class TcpStream {
+export class TcpStream implements SessionStream {
   readonly id: number;
   readonly destination: string;
   readonly #host: StreamHost;
@@ -222,6 +267,11 @@ export class TcpStream {
     return this.#closed;
   }
 
+  /** Client bytes queued for the target, as charged (0: everything the client sent has been written). */
+  get queuedBytes(): number {
+    return this.#queued;
+  }
+
   /**
    * Starts dialing, after `delayMs` if the session's OPEN rate asked this stream to wait its turn.
    * The returned promise settles when every loop of the stream has ended.
@@ -255,7 +305,13 @@ export class TcpStream {
       if (!result.ok) {
         if (result.kind === "denied") this.finish("policy_denied", result.reason);
         else if (result.kind === "invalid") this.finish("invalid_target", result.reason);
-        else this.finish("connect_failed", `Cannot resolve ${this.destination}: ${result.reason}`);
+        else {
+          this.finish(
+            "connect_failed",
+            `Cannot resolve ${this.destination}: ${result.reason}`,
+            "unreachable",
+          );
+        }
         return;
       }
       // Dial exactly a checked address, never the name again (a second lookup could answer differently).
@@ -291,7 +347,7 @@ export class TcpStream {
       if (this.#closed) return;
       const reason = connectFailure(err);
       const detail = timedOut ? `timed out after ${this.#host.connectTimeoutMs} ms` : describe(err);
-      this.finish(reason, `Cannot connect to ${this.destination}: ${detail}`);
+      this.finish(reason, `Cannot connect to ${this.destination}: ${detail}`, connectCause(err, timedOut));
       return;
     } finally {
       clearTimeout(timer);
@@ -595,10 +651,10 @@ export class TcpStream {
    * Ends the stream exactly once: the wire tells the client (unless the session is gone), the socket is
    * closed, the queue released. `message` explains an error to the client.
    */
-  finish(reason: CloseReason, message?: string): void {
+  finish(reason: CloseReason, message?: string, cause?: ConnectCause): void {
     if (this.#closed) return;
     this.#closed = true;
-    if (reason !== "session_closed") this.#host.streamEnding(this, reason, message);
+    if (reason !== "session_closed") this.#host.streamEnding(this, reason, message, cause);
     this.#dialAbort.abort();
     if (reason === "client_close" && this.#conn !== undefined) this.#linger(this.#conn);
     else this.#closeConn();

@@ -293,6 +293,12 @@ export type WispDecoded = WispPacket | WispInvalidPacket;
  */
 export type WispPasswordLayout = "username-length" | "both-lengths";
 
+/**
+ * What a server accepts: `"auto"` reads the `"both-lengths"` layout when its password length accounts for exactly
+ * the bytes that follow the username (which is what wisp-js and epoxy send), and the draft's layout otherwise.
+ */
+export type WispPasswordLayoutOption = WispPasswordLayout | "auto";
+
 /** Options of {@linkcode decodeWispPacket}. */
 export interface WispDecodeOptions {
   /**
@@ -304,7 +310,7 @@ export interface WispDecodeOptions {
    * Layout of password credentials from a client.
    * @default {"username-length"}
    */
-  readonly passwordLayout?: WispPasswordLayout;
+  readonly passwordLayout?: WispPasswordLayoutOption;
 }
 
 /** Options of {@linkcode encodeWispInfo}. */
@@ -641,10 +647,22 @@ function decodeBoolean(name: string, value: number): boolean {
   return value === 1;
 }
 
+/** Whether `payload` reads as the `"both-lengths"` layout: its u16 length covers exactly what follows the name. */
+function fitsBothLengths(payload: Uint8Array): boolean {
+  if (payload.byteLength < 3) return false;
+  const following = payload.byteLength - 3 - payload[0]!;
+  return following >= 0 && viewOf(payload).getUint16(1, LITTLE_ENDIAN) === following;
+}
+
 function decodePasswordCredentials(
   payload: Uint8Array,
-  layout: WispPasswordLayout,
+  option: WispPasswordLayoutOption,
 ): WispPasswordAuthCredentials {
+  const layout: WispPasswordLayout = option !== "auto"
+    ? option
+    : fitsBothLengths(payload)
+    ? "both-lengths"
+    : "username-length";
   const fail = (reason: string) => sessionError(`Cannot decode INFO packet: password extension ${reason}`);
   const fixed = layout === "username-length" ? 1 : 3;
   if (payload.byteLength < fixed) {

@@ -486,8 +486,24 @@ const VECTORS: readonly Vector[] = [
 ];
 
 function layoutOf(vector: Vector): WispPasswordLayout {
-  return vector.options?.passwordLayout ?? "username-length";
+  const layout = vector.options?.passwordLayout;
+  return layout === undefined || layout === "auto" ? "username-length" : layout;
 }
+
+Deno.test({ name: "password layout auto: reads both layouts a client may send", permissions: "none" }, () => {
+  for (const layout of ["username-length", "both-lengths"] as const) {
+    for (const [username, password] of [["guest", "s3cret"], ["", ""], ["u", "a much longer password"]]) {
+      const packet = encodeWispInfo({
+        major: 2,
+        minor: 0,
+        extensions: [{ kind: "password-auth-credentials", username: username!, password: password! }],
+      }, { passwordLayout: layout });
+      const decoded = decodeWispPacket(packet, { sender: "client", passwordLayout: "auto" });
+      assert.ok(decoded.type === WispPacketType.INFO, `${layout} ${username}: ${JSON.stringify(decoded)}`);
+      assert.deepEqual(decoded.extensions, [{ kind: "password-auth-credentials", username, password }]);
+    }
+  }
+});
 
 Deno.test(
   { name: "golden bytes: the encoders write the hand-derived bytes", permissions: "none" },
