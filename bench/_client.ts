@@ -31,17 +31,48 @@ export function dataFrame(id: number, size: number, fill = 0x61): Uint8Array {
   return header(frame, FrameType.DATA, id);
 }
 
-/** A tcp-mux session. */
+/** Which framing a bench session speaks: the seed's on `/tcp-mux`, or Wisp v2 on `/wisp/`. */
+export type Framing = "seed" | "wisp";
+
+const WISP_DATA = 0x02;
+const WISP_CONTINUE = 0x03;
+const WISP_CLOSE = 0x04;
+const WISP_INFO = 0x05;
+const WISP_VOLUNTARY = 0x02;
+
+/** Writes a Wisp header: type, then the stream id as u32le. */
+function wispHeader(frame: Uint8Array, type: number, id: number): Uint8Array {
+  frame[0] = type;
+  new DataView(frame.buffer, frame.byteOffset).setUint32(1, id, true);
+  return frame;
+}
+
+/**
+ * A session of the load generator, in either framing. Wisp: v2 with stream open confirmation, so `onOpen` means
+ * the same as the seed's OPEN acknowledgement (the target is connected); the target's close is CLOSE 0x02 and
+ * any other reason is reported as an error. The bench client stays within its credit by construction: it keeps
+ * at most one request or ping in flight per stream, or a W4 round of ten packets.
+ */
 export class MuxSession implements AsyncDisposable {
   readonly ws: WebSocket;
+  readonly framing: Framing;
   readonly #handlers = new Map<number, StreamHandler>();
+  /** Wisp streams whose open confirmation has arrived. */
+  readonly #confirmed = new Set<number>();
   readonly #closed: Promise<void>;
+  /** Wisp: resolves on the handshake CONTINUE. */
+  readonly #ready = Promise.withResolvers<void>();
 
-  private constructor(ws: WebSocket) {
+  private constructor(ws: WebSocket, framing: Framing) {
     this.ws = ws;
+    this.framing = framing;
     const { promise, resolve } = Promise.withResolvers<void>();
     this.#closed = promise;
     ws.onclose = () => resolve();
+    if (framing === "wisp") {
+      ws.onmessage = this.#onWisp;
+      return;
+    }
     ws.onmessage = (event: MessageEvent) => {
       const bytes = new Uint8Array(event.data as ArrayBuffer);
       const id = ((bytes[1]! << 24) | (bytes[2]! << 16) | (bytes[3]! << 8) | bytes[4]!) >>> 0;
@@ -67,13 +98,55 @@ export class MuxSession implements AsyncDisposable {
     };
   }
 
+  #onWisp = (event: MessageEvent): void => {
+    const bytes = new Uint8Array(event.data as ArrayBuffer);
+    const id = new DataView(bytes.buffer).getUint32(1, true);
+    if (id === 0) {
+      if (bytes[0] === WISP_INFO) {
+        // Answer the relay's INFO: version 2.0, stream open confirmation (id 0x05, no payload).
+        const info = wispHeader(new Uint8Array(5 + 2 + 5), WISP_INFO, 0);
+        info.set([2, 0, 0x05, 0, 0, 0, 0], 5);
+        this.ws.send(info);
+      } else if (bytes[0] === WISP_CONTINUE) {
+        this.#ready.resolve();
+      }
+      return;
+    }
+    const handler = this.#handlers.get(id);
+    if (handler === undefined) return;
+    switch (bytes[0]) {
+      case WISP_DATA:
+        handler.onData?.(bytes.subarray(5));
+        return;
+      case WISP_CONTINUE:
+        if (!this.#confirmed.has(id)) {
+          this.#confirmed.add(id);
+          handler.onOpen?.();
+        }
+        return;
+      case WISP_CLOSE:
+        this.#handlers.delete(id);
+        this.#confirmed.delete(id);
+        if (bytes[5] === WISP_VOLUNTARY) handler.onClose?.();
+        else handler.onError?.(bytes[5]!, `Wisp CLOSE 0x${bytes[5]!.toString(16)}`);
+        return;
+    }
+  };
+
   /** Opens a session to the relay on `port`. */
-  static async connect(port: number, token: string, timeoutMs = 10_000): Promise<MuxSession> {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}${MUX_PATH}?token=${encodeURIComponent(token)}`);
+  static async connect(
+    port: number,
+    token: string,
+    framing: Framing = "seed",
+    timeoutMs = 10_000,
+  ): Promise<MuxSession> {
+    const ws = framing === "wisp"
+      ? new WebSocket(`ws://127.0.0.1:${port}/wisp/${encodeURIComponent(token)}/`, ["wisp-v2"])
+      : new WebSocket(`ws://127.0.0.1:${port}${MUX_PATH}?token=${encodeURIComponent(token)}`);
     ws.binaryType = "arraybuffer";
-    const session = new MuxSession(ws);
+    const session = new MuxSession(ws, framing);
     const { promise, resolve, reject } = Promise.withResolvers<void>();
-    ws.onopen = () => resolve();
+    ws.onopen = () => framing === "wisp" ? session.#ready.promise.then(() => resolve()) : resolve();
     ws.onerror = () => reject(new Error("Cannot open the WebSocket session"));
     const timer = setTimeout(() => reject(new Error("WebSocket open timed out")), timeoutMs);
     try {
@@ -89,9 +162,25 @@ export class MuxSession implements AsyncDisposable {
     return session;
   }
 
-  /** Registers `handler` for `id` and sends OPEN to 127.0.0.1:`port`. */
+  /** A DATA frame of `size` payload bytes in this session's framing (filled with `fill`). */
+  dataFrame(id: number, size: number, fill = 0x61): Uint8Array {
+    if (this.framing === "seed") return dataFrame(id, size, fill);
+    return wispHeader(new Uint8Array(5 + size).fill(fill), WISP_DATA, id);
+  }
+
+  /** Registers `handler` for `id` and sends OPEN (Wisp: CONNECT) to 127.0.0.1:`port`. */
   open(id: number, port: number, handler: StreamHandler): void {
     this.#handlers.set(id, handler);
+    if (this.framing === "wisp") {
+      const host = new TextEncoder().encode("127.0.0.1");
+      const frame = wispHeader(new Uint8Array(5 + 3 + host.byteLength), 0x01, id);
+      frame[5] = 0x01;
+      frame[6] = port & 0xff;
+      frame[7] = port >>> 8;
+      frame.set(host, 8);
+      this.ws.send(frame);
+      return;
+    }
     const frame = header(new Uint8Array(HEADER_SIZE + 7), FrameType.OPEN, id);
     frame[5] = 4;
     frame.set([127, 0, 0, 1], 6);
@@ -102,8 +191,8 @@ export class MuxSession implements AsyncDisposable {
 
   /** Sends DATA with `payload` (copies it into a new frame). */
   sendData(id: number, payload: Uint8Array): void {
-    const frame = header(new Uint8Array(HEADER_SIZE + payload.byteLength), FrameType.DATA, id);
-    frame.set(payload, HEADER_SIZE);
+    const frame = this.dataFrame(id, payload.byteLength);
+    frame.set(payload, frame.byteLength - payload.byteLength);
     this.ws.send(frame);
   }
 
@@ -113,6 +202,16 @@ export class MuxSession implements AsyncDisposable {
   }
 
   sendClose(id: number): void {
+    if (this.framing === "wisp") {
+      const frame = wispHeader(new Uint8Array(6), WISP_CLOSE, id);
+      frame[5] = WISP_VOLUNTARY;
+      this.ws.send(frame);
+      // Wisp does not answer a client's CLOSE: the stream is over for the client now.
+      const handler = this.#handlers.get(id);
+      this.#handlers.delete(id);
+      handler?.onClose?.();
+      return;
+    }
     this.ws.send(header(new Uint8Array(HEADER_SIZE), FrameType.CLOSE, id));
   }
 

@@ -6,7 +6,16 @@
 import { RelayClient } from "../src/client/mod.ts";
 import { FrameType, HEADER_SIZE, MUX_PATH } from "../src/protocol/mod.ts";
 import { RawWebSocket } from "../tests/_raw_ws.ts";
-import { dataFrame, dial, header, MuxSession, sizeRequest, type StreamHandler, writeAll } from "./_client.ts";
+import {
+  dataFrame,
+  dial,
+  type Framing,
+  header,
+  MuxSession,
+  sizeRequest,
+  type StreamHandler,
+  writeAll,
+} from "./_client.ts";
 import { deadline, delay, memoryAfterGc, percentile, sampleKernelQueue, sampleRss } from "./_measure.ts";
 import { BENCH_TOKEN, type RelayUnderTest } from "./_relay.ts";
 import { ACK_UNIT } from "./_targets.ts";
@@ -106,14 +115,24 @@ function muxDownload(
   return Promise.race([promise, dog.failed]).finally(() => dog.stop());
 }
 
-async function relayDownload(relay: RelayUnderTest, targets: Targets, total: number): Promise<Metrics> {
-  await using session = await MuxSession.connect(relay.port, BENCH_TOKEN);
+async function relayDownload(
+  relay: RelayUnderTest,
+  targets: Targets,
+  total: number,
+  framing: Framing,
+): Promise<Metrics> {
+  await using session = await MuxSession.connect(relay.port, BENCH_TOKEN, framing);
   const { seconds } = await muxDownload(session, targets, 1, total);
   return { mibPerSec: total / MIB / seconds };
 }
 
-export function download(relay: RelayUnderTest | undefined, targets: Targets, total: number) {
-  return relay === undefined ? rawDownload(targets, total) : relayDownload(relay, targets, total);
+export function download(
+  relay: RelayUnderTest | undefined,
+  targets: Targets,
+  total: number,
+  framing: Framing = "seed",
+) {
+  return relay === undefined ? rawDownload(targets, total) : relayDownload(relay, targets, total, framing);
 }
 
 // --- W2 upload ----------------------------------------------------------------------------------------
@@ -234,7 +253,7 @@ async function rawPinger(port: number): Promise<Pinger> {
 }
 
 async function muxPinger(session: MuxSession, port: number, id: number): Promise<Pinger> {
-  const frame = dataFrame(id, PING_SIZE, 0x70);
+  const frame = session.dataFrame(id, PING_SIZE, 0x70);
   let have = 0;
   let done: (() => void) | undefined;
   let fail: ((err: Error) => void) | undefined;
@@ -289,7 +308,12 @@ function rttMetrics(rtts: readonly number[]): Metrics {
 
 const WARMUP_PINGS = 100;
 
-export async function rtt(relay: RelayUnderTest | undefined, targets: Targets, count: number) {
+export async function rtt(
+  relay: RelayUnderTest | undefined,
+  targets: Targets,
+  count: number,
+  framing: Framing = "seed",
+) {
   if (relay === undefined) {
     const pinger = await rawPinger(targets.echo);
     try {
@@ -299,7 +323,7 @@ export async function rtt(relay: RelayUnderTest | undefined, targets: Targets, c
       pinger.close();
     }
   }
-  await using session = await MuxSession.connect(relay.port, BENCH_TOKEN);
+  await using session = await MuxSession.connect(relay.port, BENCH_TOKEN, framing);
   const pinger = await muxPinger(session, targets.echo, 1);
   await pingLoop(pinger, { count: WARMUP_PINGS, maxMs: 5000 });
   const result = rttMetrics(await pingLoop(pinger, { count, maxMs: 60_000 }));
@@ -342,14 +366,19 @@ async function rawManyStreams(targets: Targets, streams: number): Promise<Metric
   };
 }
 
-async function relayManyStreams(relay: RelayUnderTest, targets: Targets, streams: number): Promise<Metrics> {
-  await using session = await MuxSession.connect(relay.port, BENCH_TOKEN);
+async function relayManyStreams(
+  relay: RelayUnderTest,
+  targets: Targets,
+  streams: number,
+  framing: Framing,
+): Promise<Metrics> {
+  await using session = await MuxSession.connect(relay.port, BENCH_TOKEN, framing);
   const ackMs: number[] = [];
   let finished = 0;
   const { promise: allDone, resolve, reject } = Promise.withResolvers<void>();
   const started = performance.now();
   for (let id = 1; id <= streams; id++) {
-    const frame = dataFrame(id, ECHO_SIZE, 0x65);
+    const frame = session.dataFrame(id, ECHO_SIZE, 0x65);
     const opened = performance.now();
     let rounds = 0;
     let have = 0;
@@ -380,8 +409,15 @@ async function relayManyStreams(relay: RelayUnderTest, targets: Targets, streams
   };
 }
 
-export function manyStreams(relay: RelayUnderTest | undefined, targets: Targets, streams: number) {
-  return relay === undefined ? rawManyStreams(targets, streams) : relayManyStreams(relay, targets, streams);
+export function manyStreams(
+  relay: RelayUnderTest | undefined,
+  targets: Targets,
+  streams: number,
+  framing: Framing = "seed",
+) {
+  return relay === undefined
+    ? rawManyStreams(targets, streams)
+    : relayManyStreams(relay, targets, streams, framing);
 }
 
 // --- W5 memory ----------------------------------------------------------------------------------------
@@ -521,6 +557,7 @@ export async function rttUnderDownload(
   total: number,
   count: number,
   sampleQueue = false,
+  framing: Framing = "seed",
 ): Promise<Metrics> {
   let downloadDone = false;
   let got = 0;
@@ -551,7 +588,7 @@ export async function rttUnderDownload(
       conn.close();
     }
   }
-  await using session = await MuxSession.connect(relay.port, BENCH_TOKEN);
+  await using session = await MuxSession.connect(relay.port, BENCH_TOKEN, framing);
   const pinger = await muxPinger(session, targets.echo, 2);
   const downloading = muxDownload(session, targets, 1, total, (n) => got = n);
   downloading.catch(() => {});

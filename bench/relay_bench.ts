@@ -237,6 +237,23 @@ say(`relay env: ${Object.entries({ ...BENCH_ENV, ...relayEnv }).map(([k, v]) => 
       say(`W6q: W6 again, sampling the kernel's socket queues with ss`);
       await subprocessOnly("W6q", (r) => rttUnderDownload(r, apart, sizes.download, sizes.w6Pings, true));
     }
+    if (wanted("Wisp")) {
+      // The same workloads over Wisp v2 (the load generator's own minimal Wisp client), against the same relay
+      // and raw TCP in the same run, so Wisp's cost beside the seed framing's shows in the ratios.
+      await using echoProcess = await spawnTargets();
+      const apart: Targets = { ...targets, echo: echoProcess.ports.echo };
+      say(`W1w: W1 over Wisp`);
+      await subprocessOnly("W1w", (r) => download(r, targets, sizes.download, "wisp"));
+      say(`W3w: W3 over Wisp`);
+      await subprocessOnly("W3w", (r) => rtt(r, targets, sizes.pings, "wisp"));
+      say(`W4w: W4 over Wisp (open = the stream confirmation CONTINUE)`);
+      await subprocessOnly("W4w", (r) => manyStreams(r, targets, sizes.streams, "wisp"));
+      say(`W6w: W6 over Wisp`);
+      await subprocessOnly(
+        "W6w",
+        (r) => rttUnderDownload(r, apart, sizes.download, sizes.w6Pings, false, "wisp"),
+      );
+    }
     if (wanted("W5") && inproc !== undefined) {
       say(`W5 where an idle stream's memory goes (in-process relay, after GC)`);
       for (let run = 1; run <= runs; run++) {
@@ -427,6 +444,20 @@ const rows: Row[] = [
     target: { text: "<= 3 ms", check: (v) => v <= 3 },
   },
   { workload: "W6", what: "A download during W6", metric: "aMiBPerSec", unit: " MiB/s", ratio: true },
+  { workload: "W1w", what: "W1 over Wisp v2", metric: "mibPerSec", unit: " MiB/s", ratio: true },
+  { workload: "W3w", what: "W3 over Wisp v2, p50", metric: "p50Ms", unit: " ms", ratio: true },
+  { workload: "W3w", what: "W3 over Wisp v2, p99", metric: "p99Ms", unit: " ms", ratio: true },
+  { workload: "W4w", what: "W4 over Wisp v2, total", metric: "totalMs", unit: " ms", ratio: true },
+  {
+    workload: "W4w",
+    what: "W4 over Wisp v2, CONNECT->CONTINUE p50",
+    metric: "openP50Ms",
+    unit: " ms",
+    ratio: true,
+  },
+  { workload: "W6w", what: "W6 over Wisp v2, B p50", metric: "p50Ms", unit: " ms", ratio: true },
+  { workload: "W6w", what: "W6 over Wisp v2, B p99", metric: "p99Ms", unit: " ms", ratio: true },
+  { workload: "W6w", what: "W6 over Wisp v2, A download", metric: "aMiBPerSec", unit: " MiB/s", ratio: true },
   {
     workload: "W6q",
     what: "W6 with ss sampling: B RTT p50",
