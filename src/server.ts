@@ -228,15 +228,8 @@ export class Relay {
       }
       return this.operationsHandler(request);
     }
-    if (request.method !== "GET") return text(405, "Method Not Allowed", { allow: "GET" });
-    if (this.#draining) {
-      return text(503, "Service Unavailable: the relay is shutting down", { "retry-after": "5" });
-    }
-
-    const origin = request.headers.get("origin");
-    if (origin !== null && !this.#allowAnyOrigin && !this.#origins.has(origin)) {
-      return this.#refuse(request, info, 403, "origin_not_allowed");
-    }
+    const refused = this.#upgradeRefusal(request, info);
+    if (refused !== undefined) return refused;
     const token = tokenFromRequest(url, request.headers);
     if (token === undefined) return this.#authFailed(request, info, 401, "missing");
     if (!this.#tokens.matches(token)) return this.#authFailed(request, info, 403, "invalid");
@@ -293,14 +286,8 @@ export class Relay {
           "(with the trailing slash)",
       );
     }
-    if (request.method !== "GET") return text(405, "Method Not Allowed", { allow: "GET" });
-    if (this.#draining) {
-      return text(503, "Service Unavailable: the relay is shutting down", { "retry-after": "5" });
-    }
-    const origin = request.headers.get("origin");
-    if (origin !== null && !this.#allowAnyOrigin && !this.#origins.has(origin)) {
-      return this.#refuse(request, info, 403, "origin_not_allowed");
-    }
+    const refused = this.#upgradeRefusal(request, info);
+    if (refused !== undefined) return refused;
     const v2 = request.headers.has("sec-websocket-protocol");
     const fromHeaders = tokenFromRequest(new URL("http://relay/"), request.headers);
     const candidates = fromHeaders === undefined ? parsed.tokens : [fromHeaders, ...parsed.tokens];
@@ -338,6 +325,19 @@ export class Relay {
         }),
       () => wire?.start(),
     );
+  }
+
+  /** The checks every WebSocket endpoint makes first, from the request line and headers: method, drain, Origin. */
+  #upgradeRefusal(request: Request, info: ConnInfo): Response | undefined {
+    if (request.method !== "GET") return text(405, "Method Not Allowed", { allow: "GET" });
+    if (this.#draining) {
+      return text(503, "Service Unavailable: the relay is shutting down", { "retry-after": "5" });
+    }
+    const origin = request.headers.get("origin");
+    if (origin !== null && !this.#allowAnyOrigin && !this.#origins.has(origin)) {
+      return this.#refuse(request, info, 403, "origin_not_allowed");
+    }
+    return undefined;
   }
 
   /**

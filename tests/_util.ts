@@ -611,3 +611,26 @@ export async function makeTestCa(): Promise<TestCa | undefined> {
     throw err;
   }
 }
+
+/** xorshift32 for the seeded fuzz tests: small, fast and reproducible (same seed, same sequence). */
+export class FuzzRng {
+  #x: number;
+  constructor(seed: number) {
+    this.#x = seed >>> 0 || 1;
+  }
+  next(): number {
+    let x = this.#x;
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return (this.#x = x >>> 0);
+  }
+  below(n: number): number {
+    return this.next() % n;
+  }
+  bytes(n: number): Uint8Array {
+    const out = new Uint8Array(n);
+    for (let i = 0; i < n; i++) out[i] = this.next() & 255;
+    return out;
+  }
+}

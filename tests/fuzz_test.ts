@@ -15,33 +15,24 @@ import {
   ProtocolError,
 } from "../src/protocol/mod.ts";
 import { spawnRelay } from "./_process.ts";
-import { delay, MuxClient, muxUrl, procStats, report, startEchoServer, TOKEN, withTimeout } from "./_util.ts";
+import {
+  delay,
+  FuzzRng,
+  MuxClient,
+  muxUrl,
+  procStats,
+  report,
+  startEchoServer,
+  TOKEN,
+  withTimeout,
+} from "./_util.ts";
 
 const SESSIONS = 60;
 const FRAMES_PER_SESSION = 300;
 const MAX_FRAME = 64 * 1024;
 
-/** xorshift32: small, fast and reproducible. */
-class Rng {
-  #x: number;
-  constructor(seed: number) {
-    this.#x = seed >>> 0 || 1;
-  }
-  next(): number {
-    let x = this.#x;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (this.#x = x >>> 0);
-  }
-  below(n: number): number {
-    return this.next() % n;
-  }
-  bytes(n: number): Uint8Array {
-    const out = new Uint8Array(n);
-    for (let i = 0; i < n; i++) out[i] = this.next() & 255;
-    return out;
-  }
+/** The fuzz's random source, with the ids it favours: 0, the largest, a few small ones, anything. */
+class Rng extends FuzzRng {
   id(): number {
     const pick = this.below(10);
     return pick === 0 ? 0 : pick === 1 ? 0xffff_ffff : pick < 6 ? 1 + this.below(16) : this.next();

@@ -10,7 +10,13 @@
 import dgram from "node:dgram";
 import { getLogger } from "@logtape/logtape";
 import type { SocketBudget } from "../budget.ts";
-import type { CloseReason, ConnectCause, SessionStream } from "./stream.ts";
+import {
+  type CloseReason,
+  type ConnectCause,
+  formatDestination,
+  resolveStreamTarget,
+  type SessionStream,
+} from "./stream.ts";
 import type { Target, TargetResult } from "./target.ts";
 
 /** Datagrams a binding holds while its socket is being set up; more are dropped. */
@@ -82,9 +88,7 @@ export class UdpStream implements SessionStream {
     this.#hostname = target.host;
     this.#port = target.port;
     this.#resolve = target.resolve;
-    this.destination = target.host.includes(":")
-      ? `[${target.host}]:${target.port}`
-      : `${target.host}:${target.port}`;
+    this.destination = formatDestination(target.host, target.port);
   }
 
   get closed(): boolean {
@@ -100,22 +104,14 @@ export class UdpStream implements SessionStream {
   async #run(): Promise<void> {
     const ended = new Promise<void>((resolve) => this.#settle = resolve);
     if (this.#resolve) {
-      const result = await this.#host.resolveTarget(
+      const resolved = await resolveStreamTarget(
+        this.#host,
         { host: this.#hostname, port: this.#port },
         this.#abort.signal,
       );
       if (this.#closed) return;
-      if (!result.ok) {
-        if (result.kind === "denied") this.finish("policy_denied", result.reason);
-        else if (result.kind === "invalid") this.finish("invalid_target", result.reason);
-        else {this.finish(
-            "connect_failed",
-            `Cannot resolve ${this.destination}: ${result.reason}`,
-            "unreachable",
-          );}
-        return;
-      }
-      this.#hostname = result.addresses[0]!;
+      if (!("address" in resolved)) return this.finish(resolved.reason, resolved.message, resolved.cause);
+      this.#hostname = resolved.address;
     }
     const sockets = this.#host.sockets;
     if (sockets !== undefined) {

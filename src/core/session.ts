@@ -35,6 +35,8 @@ export interface FrameSocket {
   drained(low: number): Promise<void>;
 }
 
+/** WebSocket close code for a text message on a binary protocol (RFC 6455, 7.4.1), as Aero's gateway sends. */
+export const CLOSE_UNSUPPORTED_DATA = 1003;
 /** WebSocket close code for a protocol violation (RFC 6455, 7.4.1). */
 export const CLOSE_PROTOCOL_ERROR = 1002;
 /** WebSocket close code when the relay shuts down. */
@@ -263,6 +265,19 @@ export class Session implements StreamHost, DatagramHost {
     if (delta > 0) this.#deps.assembly?.add(delta);
     else if (delta < 0) this.#deps.assembly?.remove(-delta);
     this.#partialBytes += delta;
+  }
+
+  /**
+   * A message of a binary protocol named `protocol`: its bytes, counted; a text message ends the session with
+   * 1003 and gives undefined.
+   */
+  binaryMessage(data: ArrayBuffer | string, protocol: string): Uint8Array | undefined {
+    if (typeof data === "string") {
+      this.protocolViolation(`Text message on ${protocol}, which is binary`, CLOSE_UNSUPPORTED_DATA);
+      return undefined;
+    }
+    this.countInbound(data.byteLength);
+    return new Uint8Array(data);
   }
 
   /** Counts one message from the client. */

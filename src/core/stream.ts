@@ -194,6 +194,37 @@ export function connectFailure(err: unknown): CloseReason {
   return "connect_failed";
 }
 
+/** `host:port`, with an IPv6 address in brackets. */
+export function formatDestination(host: string, port: number): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** A stream's target after resolution: the checked address to use, or how the stream ends instead. */
+export type ResolvedTarget =
+  | { readonly address: string }
+  | { readonly reason: CloseReason; readonly message: string; readonly cause?: ConnectCause };
+
+/**
+ * Resolves and checks a stream's target once (TCP and UDP alike): the first allowed address, or the ending
+ * that a denial, an invalid target or a failed lookup means.
+ */
+export async function resolveStreamTarget(
+  host: Pick<StreamHost, "resolveTarget">,
+  target: Target,
+  signal: AbortSignal,
+): Promise<ResolvedTarget> {
+  const result = await host.resolveTarget(target, signal);
+  if (result.ok) return { address: result.addresses[0]! };
+  if (result.kind === "denied") return { reason: "policy_denied", message: result.reason };
+  if (result.kind === "invalid") return { reason: "invalid_target", message: result.reason };
+  const destination = formatDestination(target.host, target.port);
+  return {
+    reason: "connect_failed",
+    message: `Cannot resolve ${destination}: ${result.reason}`,
+    cause: "unreachable",
+  };
+}
+
 /** What kind of connect failure `err` is, when it is one a wire can name. */
 export function connectCause(err: unknown, timedOut: boolean): ConnectCause | undefined {
   if (timedOut) return "timeout";
@@ -257,9 +288,7 @@ export class TcpStream implements SessionStream {
     this.#hostname = target.host;
     this.#port = target.port;
     this.#resolve = target.resolve;
-    this.destination = target.host.includes(":")
-      ? `[${target.host}]:${target.port}`
-      : `${target.host}:${target.port}`;
+    this.destination = formatDestination(target.host, target.port);
   }
 
   /** Whether the stream has finished. */
@@ -297,25 +326,15 @@ export class TcpStream implements SessionStream {
       if (this.#closed) return;
     }
     if (this.#resolve) {
-      const result = await this.#host.resolveTarget(
+      const resolved = await resolveStreamTarget(
+        this.#host,
         { host: this.#hostname, port: this.#port },
         this.#dialAbort.signal,
       );
       if (this.#closed) return;
-      if (!result.ok) {
-        if (result.kind === "denied") this.finish("policy_denied", result.reason);
-        else if (result.kind === "invalid") this.finish("invalid_target", result.reason);
-        else {
-          this.finish(
-            "connect_failed",
-            `Cannot resolve ${this.destination}: ${result.reason}`,
-            "unreachable",
-          );
-        }
-        return;
-      }
+      if (!("address" in resolved)) return this.finish(resolved.reason, resolved.message, resolved.cause);
       // Dial exactly a checked address, never the name again (a second lookup could answer differently).
-      this.#hostname = result.addresses[0]!;
+      this.#hostname = resolved.address;
     }
     const sockets = this.#host.sockets;
     if (sockets !== undefined) {

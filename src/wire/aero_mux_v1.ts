@@ -28,9 +28,6 @@ import {
   writeDataHeader,
 } from "./aero_mux_v1_codec.ts";
 
-/** WebSocket close code for a text message on a binary protocol (RFC 6455 7.4.1), as Aero's gateway sends. */
-const CLOSE_UNSUPPORTED_DATA = 1003;
-
 /** The ERROR code for a stream that ends in error, by the core's reason. */
 const ENDING_CODES: Readonly<Partial<Record<CloseReason, MuxErrorCode>>> = {
   "connect_failed": MuxErrorCode.DIAL_FAILED,
@@ -77,12 +74,9 @@ export class AeroMuxWire implements Wire {
 
   receive(data: ArrayBuffer | string): void {
     const session = this.#session;
-    if (typeof data === "string") {
-      session.protocolViolation("Text message on aero-tcp-mux-v1, which is binary", CLOSE_UNSUPPORTED_DATA);
-      return;
-    }
-    session.countInbound(data.byteLength);
-    const frames = this.#decoder.push(new Uint8Array(data));
+    const bytes = session.binaryMessage(data, "aero-tcp-mux-v1");
+    if (bytes === undefined) return;
+    const frames = this.#decoder.push(bytes);
     this.#watchPartialFrame();
     for (const frame of frames) {
       if (session.closed) return;

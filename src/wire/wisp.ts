@@ -40,9 +40,6 @@ import {
   writeWispDataHeader,
 } from "./wisp_codec.ts";
 
-/** WebSocket close code for a text message on a binary protocol (RFC 6455 7.4.1). */
-const CLOSE_UNSUPPORTED_DATA = 1003;
-
 /** The Wisp version this relay speaks in v2 INFO. */
 export const WISP_VERSION = { major: 2, minor: 0 } as const;
 
@@ -175,12 +172,9 @@ export class WispWire implements Wire {
 
   receive(data: ArrayBuffer | string): void {
     const session = this.#session;
-    if (typeof data === "string") {
-      session.protocolViolation("Text message on Wisp, which is binary", CLOSE_UNSUPPORTED_DATA);
-      return;
-    }
-    session.countInbound(data.byteLength);
-    const packet = decodeWispPacket(new Uint8Array(data), { sender: "client", passwordLayout: "auto" });
+    const bytes = session.binaryMessage(data, "Wisp");
+    if (bytes === undefined) return;
+    const packet = decodeWispPacket(bytes, { sender: "client", passwordLayout: "auto" });
     if (this.#phase === "handshake") {
       this.#handshake(packet.type === WispPacketType.INFO ? packet : undefined, packet);
       return;

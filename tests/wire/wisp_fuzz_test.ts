@@ -17,7 +17,7 @@ import {
   WispPacketType,
 } from "../../src/wire/wisp_codec.ts";
 import { spawnRelay } from "../_process.ts";
-import { delay, procStats, report, startEchoServer, TOKEN, withTimeout } from "../_util.ts";
+import { delay, FuzzRng, procStats, report, startEchoServer, TOKEN, withTimeout } from "../_util.ts";
 
 const SESSIONS = 40;
 const PACKETS_PER_SESSION = 250;
@@ -35,26 +35,8 @@ const HOSTS = [
 /** Every reason the relay may send on a stream the fuzzer opened. */
 const STREAM_REASONS = new Set([0x01, 0x02, 0x03, 0x41, 0x42, 0x43, 0x44, 0x47, 0x48, 0x49]);
 
-class Rng {
-  #x: number;
-  constructor(seed: number) {
-    this.#x = seed >>> 0 || 1;
-  }
-  next(): number {
-    let x = this.#x;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (this.#x = x >>> 0);
-  }
-  below(n: number): number {
-    return this.next() % n;
-  }
-  bytes(n: number): Uint8Array {
-    const out = new Uint8Array(n);
-    for (let i = 0; i < n; i++) out[i] = this.next() & 255;
-    return out;
-  }
+/** The fuzz's random source, with the ids it favours: 0, the largest, and a few small ones. */
+class Rng extends FuzzRng {
   id(): number {
     const pick = this.below(10);
     return pick === 0 ? 0 : pick === 1 ? 0xffff_ffff : 1 + this.below(24);
