@@ -288,6 +288,16 @@ export class Relay {
     }
     const refused = this.#upgradeRefusal(request, info);
     if (refused !== undefined) return refused;
+    const offered = offeredSubprotocols(request.headers);
+    const echoed = offered.find((p) => !p.startsWith(TOKEN_SUBPROTOCOL_PREFIX));
+    if (offered.length > 0 && echoed === undefined) {
+      // The relay never echoes the token entry, and a 101 that selects none of the offered subprotocols fails
+      // in browsers; nor may a client that offers only that entry be taken for v1 (any subprotocol means v2).
+      return text(
+        400,
+        "Bad Request: offer a Wisp subprotocol such as wisp-v2 beside the token, or put the token in the URL",
+      );
+    }
     const v2 = request.headers.has("sec-websocket-protocol");
     const fromHeaders = tokenFromRequest(new URL("http://relay/"), request.headers);
     const candidates = fromHeaders === undefined ? parsed.tokens : [fromHeaders, ...parsed.tokens];
@@ -306,7 +316,6 @@ export class Relay {
     if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
       return text(426, "Upgrade Required: this endpoint speaks WebSocket", { upgrade: "websocket" });
     }
-    const echoed = offeredSubprotocols(request.headers).find((p) => !p.startsWith(TOKEN_SUBPROTOCOL_PREFIX));
     let wire: WispWire | undefined;
     const config = this.config;
     return this.#startSession(

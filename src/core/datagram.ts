@@ -19,8 +19,9 @@ import {
 } from "./stream.ts";
 import type { Target, TargetResult } from "./target.ts";
 
-/** Datagrams a binding holds while its socket is being set up; more are dropped. */
+/** Datagrams, and bytes of them, a binding holds while its socket is being set up; more are dropped. */
 export const PENDING_DATAGRAMS = 16;
+export const PENDING_BYTES = 16 * 1024;
 
 /** Why a datagram was dropped; stable labels for the metrics. */
 export type DatagramDrop = "too_large" | "rate_limited" | "congested" | "not_ready" | "foreign_source";
@@ -74,6 +75,7 @@ export class UdpStream implements SessionStream {
   #socket: dgram.Socket | undefined;
   #ready = false;
   #pending: Uint8Array[] = [];
+  #pendingBytes = 0;
   #socketHeld = false;
   #closed = false;
   #lastActivity = performance.now();
@@ -124,25 +126,21 @@ export class UdpStream implements SessionStream {
     const v6 = this.#hostname.includes(":");
     const socket = dgram.createSocket({ type: v6 ? "udp6" : "udp4" });
     this.#socket = socket;
-    socket.on(
-      "error",
-      (err: Error) => this.finish("socket_error", `UDP ${this.destination}: ${err.message}`),
-    );
     socket.on("message", this.#onMessage);
     // Bind where the target is reachable from: loopback for a loopback target (which is all a sandbox that
     // allows only loopback permits), the wildcard address otherwise.
     const local = isLoopback(this.#hostname) ? (v6 ? "::1" : "127.0.0.1") : (v6 ? "::" : "0.0.0.0");
-    try {
-      await new Promise<void>((resolve, reject) => {
-        socket.once("error", reject);
-        socket.bind(0, local, () => {
-          socket.connect(this.#port, this.#hostname, (err?: Error) => {
-            socket.off("error", reject);
-            if (err) reject(err);
-            else resolve();
-          });
-        });
+    const bound = new Promise<void>((resolve, reject) => {
+      socket.once("error", reject);
+      socket.bind(0, local, () => {
+        socket.connect(this.#port, this.#hostname, (err?: Error) => (err ? reject(err) : resolve()));
       });
+    });
+    bound.catch(() => {});
+    try {
+      // A binding finished while it is being set up closes its socket, and node:dgram then calls neither
+      // callback: the stream's own end must settle this wait too.
+      await Promise.race([bound, ended]);
     } catch (err: unknown) {
       if (this.#closed) return;
       const message = err instanceof Error ? err.message : String(err);
@@ -154,11 +152,17 @@ export class UdpStream implements SessionStream {
       return;
     }
     if (this.#closed) return;
+    socket.removeAllListeners("error");
+    socket.on(
+      "error",
+      (err: Error) => this.finish("socket_error", `UDP ${this.destination}: ${err.message}`),
+    );
     this.#ready = true;
     this.#connectMs = performance.now() - this.#startedAt;
     this.#host.streamOpened(this);
     const pending = this.#pending;
     this.#pending = [];
+    this.#pendingBytes = 0;
     for (const datagram of pending) this.#send(datagram);
     this.#armIdle();
     await ended;
@@ -191,7 +195,10 @@ export class UdpStream implements SessionStream {
     if (data.byteLength > host.maxDatagramBytes) return host.datagramDropped("too_large");
     if (!host.admitDatagram(data.byteLength)) return host.datagramDropped("rate_limited");
     if (!this.#ready) {
-      if (this.#pending.length >= PENDING_DATAGRAMS) return host.datagramDropped("not_ready");
+      if (this.#pending.length >= PENDING_DATAGRAMS || this.#pendingBytes + data.byteLength > PENDING_BYTES) {
+        return host.datagramDropped("not_ready");
+      }
+      this.#pendingBytes += data.byteLength;
       this.#pending.push(data.slice());
       return;
     }
@@ -238,6 +245,7 @@ export class UdpStream implements SessionStream {
     this.#abort.abort();
     if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
     this.#pending = [];
+    this.#pendingBytes = 0;
     try {
       this.#socket?.close();
     } catch {

@@ -283,8 +283,12 @@ export class WispWire implements Wire {
   streamOpened(id: number): void {
     const credit = this.#credits.get(id);
     if (!this.#confirmStreams || credit === undefined) return;
-    // Stream open confirmation: a CONTINUE once connected, carrying what is left of the stream's buffer.
-    this.#grant(id, credit, Math.max(0, credit.limit - credit.received));
+    // Stream open confirmation: a CONTINUE once connected, carrying what is left of the stream's buffer. It
+    // is not a refill: the half-buffer count towards the next one keeps running from the last real grant, or a
+    // client that used more than half its buffer before the connect could never earn another.
+    const left = Math.max(0, credit.limit - credit.received);
+    credit.limit += left;
+    this.#session.sendFrame(encodeWispContinue(id, left));
   }
 
   uploadProgress(id: number, queuedBytes: number): void {

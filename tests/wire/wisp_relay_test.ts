@@ -315,6 +315,40 @@ Deno.test("wisp UDP: oversized datagrams dropped and counted, idle bindings clos
   assert.equal(relay.relay.metrics.udpBindingsActive, 0);
 });
 
+Deno.test("wisp credits: a stream confirmed after the client used most of its buffer still earns more", async () => {
+  const resolve: Resolver = (_name, signal) =>
+    new Promise((resolve, reject) => {
+      const timer = setTimeout(() => resolve(["127.0.0.1"]), 200);
+      signal.addEventListener("abort", () => {
+        clearTimeout(timer);
+        reject(signal.reason);
+      }, { once: true });
+    });
+  await using echo = startEchoServer();
+  await using relay = startWispRelay({ wispBufferPackets: 4 }, { resolve });
+  await using client = await RawWisp.open(url(relay), ["wisp-v2"]);
+  await client.next();
+  client.send(encodeWispInfo({ major: 2, minor: 0, extensions: [{ kind: "stream-confirmation" }] }));
+  await client.next((p) => p.type === WispPacketType.CONTINUE && p.streamId === 0);
+  client.send(
+    encodeWispConnect(1, { streamType: WispStreamType.TCP, port: echo.port, hostname: "slow.test" }),
+  );
+  // Three of the four packets go before the target is connected.
+  for (let i = 0; i < 3; i++) client.send(encodeWispData(1, bytes("x")));
+  assert.deepEqual(await client.next((p) => p.type === WispPacketType.CONTINUE && p.streamId === 1), {
+    type: WispPacketType.CONTINUE,
+    streamId: 1,
+    bufferRemaining: 1,
+  });
+  // A client that believes the confirmation has one packet left; after it, the drained queue earns a buffer.
+  client.send(encodeWispData(1, bytes("y")));
+  assert.deepEqual(await client.next((p) => p.type === WispPacketType.CONTINUE && p.streamId === 1), {
+    type: WispPacketType.CONTINUE,
+    streamId: 1,
+    bufferRemaining: 4,
+  });
+});
+
 Deno.test("wisp credits: empty DATA packets use credit and earn it back", async () => {
   await using echo = startEchoServer();
   await using relay = startWispRelay({ wispBufferPackets: 4 });
@@ -391,6 +425,9 @@ Deno.test("wisp URL forms: token in the path, in the query (with client debris),
   assert.equal(await status(`/wisp/?token=wrong`), 403);
   assert.equal(await status(`/wisp/127.0.0.1:80`), 400);
   assert.equal(await status(`/wisp/a/b/`), 404);
+  // A token offered only as a subprotocol entry: never echoed, and not a Wisp version either.
+  assert.equal(await status("/wisp/", { "Sec-WebSocket-Protocol": `aero-token.${TOKEN}` }), 400);
+  assert.equal(await status("/wisp/", { "Sec-WebSocket-Protocol": `wisp-v2, aero-token.${TOKEN}` }), 101);
   assert.equal(await status(`/wisp/${TOKEN}/`, { Origin: "https://evil.example" }), 101);
   await using strict = startWispRelay({ allowedOrigins: ["https://app.example"] });
   const { head } = upgradeRequest(strict.port, `/wisp/${TOKEN}/`, {
