@@ -117,6 +117,8 @@ export interface Config {
   readonly wispMotd: string;
   /** Wisp v2: accept the token as the password of the password extension when the upgrade carried none. */
   readonly wispPasswordAuth: boolean;
+  /** Credit extension: bytes each stream's client may have in flight towards the relay (the upload window). */
+  readonly creditWindowBytes: number;
 }
 
 type Kind =
@@ -636,6 +638,16 @@ export const OPTIONS: readonly OptionSpec[] = [
     kind: "count",
     default: "64",
     description: "UDP bindings one session may hold at once (each is a socket)",
+  },
+  {
+    key: "creditWindowBytes",
+    env: "AERO_PROXY_CREDIT_WINDOW_BYTES",
+    flag: "credit-window-bytes",
+    kind: "count",
+    default: String(1 * MIB),
+    description:
+      "Credit extension (aero-tcp-mux-v1-credit): bytes a stream's client may send ahead of its target (below 65536: the initial 64 KiB)",
+    max: 0x7fff_ffff,
   },
   {
     key: "wispBufferPackets",

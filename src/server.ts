@@ -30,6 +30,7 @@ import {
   upgradeWebSocket,
 } from "./transport/listener.ts";
 import { AeroMuxWire } from "./wire/aero_mux_v1.ts";
+import { MUX_CREDIT_SUBPROTOCOL } from "./wire/aero_mux_v1_codec.ts";
 import { SeedWire } from "./wire/seed_v1.ts";
 import { parseWispRequest, WISP_PATH, WispWire } from "./wire/wisp.ts";
 import { AeroTcpWire, parseTcpTarget, TCP_PATH, TCP_STREAM_ID } from "./wire/aero_tcp.ts";
@@ -240,10 +241,14 @@ export class Relay {
     const offered = offeredSubprotocols(request.headers);
     const tokenInProtocol = offered.some((p) => p.startsWith(TOKEN_SUBPROTOCOL_PREFIX));
     // Which framing: the seed's subprotocol (or none at all) is the seed framing; aero-tcp-mux-v1 is Aero's.
-    let framing: "seed" | "aero" = "seed";
+    let framing: "seed" | "aero" | "aero-credit" = "seed";
     let protocol: string | undefined;
     if (offered.includes(MUX_SUBPROTOCOL)) {
       protocol = MUX_SUBPROTOCOL;
+    } else if (offered.includes(MUX_CREDIT_SUBPROTOCOL) && !tokenInProtocol) {
+      // The credit extension wins over plain aero-tcp-mux-v1 when a client offers both.
+      framing = "aero-credit";
+      protocol = MUX_CREDIT_SUBPROTOCOL;
     } else if (offered.includes(AERO_MUX_SUBPROTOCOL) && !tokenInProtocol) {
       framing = "aero";
       protocol = AERO_MUX_SUBPROTOCOL;
@@ -261,12 +266,15 @@ export class Relay {
     return this.#startSession(
       request,
       info,
-      framing === "aero" ? "aero-tcp-mux-v1" : "seed",
+      framing === "seed" ? "seed" : framing === "aero" ? "aero-tcp-mux-v1" : "aero-tcp-mux-v1-credit",
       protocol,
       (session) =>
-        framing === "aero"
-          ? new AeroMuxWire(session, this.config.maxFrameBytes, this.config.messageTimeoutMs)
-          : new SeedWire(session),
+        framing === "seed" ? new SeedWire(session) : new AeroMuxWire(
+          session,
+          this.config.maxFrameBytes,
+          this.config.messageTimeoutMs,
+          framing === "aero-credit" ? this.config.creditWindowBytes : undefined,
+        ),
     );
   };
 

@@ -8,7 +8,12 @@ var MuxMsgType = {
   CLOSE: 3,
   ERROR: 4,
   PING: 5,
-  PONG: 6
+  PONG: 6,
+  /**
+   * The credit extension only (subprotocol {@linkcode MUX_CREDIT_SUBPROTOCOL}, README "Credit extension"):
+   * the sender lets the receiver send `bytes` more on the stream. Outside the extension it is an unknown type.
+   */
+  WINDOW: 16
 };
 var MuxErrorCode = {
   POLICY_DENIED: 1,
@@ -30,6 +35,10 @@ var MuxCloseFlag = {
 };
 var MUX_CLOSE_FLAGS_MASK = MuxCloseFlag.FIN | MuxCloseFlag.RST;
 var MUX_V1_SUBPROTOCOL = "aero-tcp-mux-v1";
+var MUX_CREDIT_SUBPROTOCOL = "aero-tcp-mux-v1-credit";
+var MUX_CREDIT_INITIAL_WINDOW = 64 * 1024;
+var MUX_WINDOW_PAYLOAD_BYTES = 4;
+var MUX_CREDIT_MAX_WINDOW = 2147483647;
 var MUX_HEADER_SIZE = 9;
 var MUX_CONNECTION_STREAM_ID = 0;
 var MUX_MAX_STREAM_ID = 4294967295;
@@ -186,6 +195,18 @@ function encodePong(streamId, payload = new Uint8Array(0)) {
     streamId
   }, payload);
 }
+function encodeWindow(streamId, bytes) {
+  if (!Number.isInteger(bytes) || bytes < 1 || bytes > MUX_CREDIT_MAX_WINDOW) {
+    throw new RangeError(`Cannot encode WINDOW: ${bytes} bytes is not from 1 to ${MUX_CREDIT_MAX_WINDOW}`);
+  }
+  if (streamId === MUX_CONNECTION_STREAM_ID) throw new RangeError("Cannot encode WINDOW: stream id 0");
+  const payload = new Uint8Array(MUX_WINDOW_PAYLOAD_BYTES);
+  viewOf(payload).setUint32(0, bytes);
+  return encodeRawFrame({
+    type: MuxMsgType.WINDOW,
+    streamId
+  }, payload);
+}
 function decodeOpenPayload(streamId, payload) {
   const fail = (reason) => streamError(streamId, `Cannot decode OPEN payload: ${reason}`);
   if (payload.byteLength < MUX_OPEN_FIXED_BYTES) {
@@ -269,8 +290,15 @@ function decodeErrorPayload(streamId, payload) {
 function reservedStreamId(what) {
   return streamError(MUX_CONNECTION_STREAM_ID, `Invalid ${what} frame: stream id 0 is reserved for connection-level messages`);
 }
-function checkHeader(type, streamId, length) {
+function checkHeader(type, streamId, length, credit) {
   switch (type) {
+    case MuxMsgType.WINDOW:
+      if (!credit) return streamError(streamId, `Invalid frame: unknown msg_type ${type}`);
+      if (streamId === MUX_CONNECTION_STREAM_ID) return reservedStreamId("WINDOW");
+      if (length !== MUX_WINDOW_PAYLOAD_BYTES) {
+        return streamError(streamId, `Cannot decode WINDOW payload: expected ${MUX_WINDOW_PAYLOAD_BYTES} bytes, got ${length}`);
+      }
+      return void 0;
     case MuxMsgType.OPEN:
       if (streamId === MUX_CONNECTION_STREAM_ID) {
         return reservedStreamId("OPEN");
@@ -325,6 +353,17 @@ function decodeBody(type, streamId, payload) {
           streamId,
           payload
         };
+      case MuxMsgType.WINDOW: {
+        const bytes = viewOf(payload).getUint32(0);
+        if (bytes === 0 || bytes > MUX_CREDIT_MAX_WINDOW) {
+          throw streamError(streamId, `Invalid WINDOW: ${bytes} bytes is not from 1 to ${MUX_CREDIT_MAX_WINDOW}`);
+        }
+        return {
+          type: MuxMsgType.WINDOW,
+          streamId,
+          bytes
+        };
+      }
       default:
         return {
           type: MuxMsgType.PONG,
@@ -343,6 +382,7 @@ function decodeBody(type, streamId, payload) {
 }
 var MuxFrameDecoder = class {
   #maxPayloadBytes;
+  #credit;
   #header = new Uint8Array(MUX_HEADER_SIZE);
   #headerView = viewOf(this.#header);
   /** Bytes of a split header received so far. */
@@ -361,6 +401,7 @@ var MuxFrameDecoder = class {
       throw new RangeError(`Cannot create decoder: maxPayloadBytes ${max} is not a u32`);
     }
     this.#maxPayloadBytes = max;
+    this.#credit = options.credit ?? false;
   }
   /** Bytes of the partial frame held (header and payload so far). */
   get bufferedBytes() {
@@ -433,7 +474,7 @@ var MuxFrameDecoder = class {
         });
         break;
       }
-      const problem = checkHeader(type, streamId, length);
+      const problem = checkHeader(type, streamId, length, this.#credit);
       if (problem !== void 0) {
         out.push({
           type: "invalid",
@@ -531,7 +572,8 @@ var DEFAULTS = {
   chunkSize: 16 * 1024,
   sendHighWaterMark: 1024 * 1024,
   readableHighWaterMark: 256 * 1024,
-  readableMaxBytes: 16 * 1024 * 1024
+  readableMaxBytes: 16 * 1024 * 1024,
+  receiveWindow: 256 * 1024
 };
 var DRAIN_POLL_MS = 2;
 var DOTTED_QUAD = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
@@ -605,6 +647,9 @@ var RelayClient = class {
   closed;
   #socket;
   #decoder = new MuxFrameDecoder();
+  /** Whether the relay selected the credit extension (known once the WebSocket is open). */
+  #credit = false;
+  #receiveWindow;
   #chunkSize;
   #sendHighWaterMark;
   #readableHighWaterMark;
@@ -637,6 +682,10 @@ var RelayClient = class {
     this.#sendHighWaterMark = positive("sendHighWaterMark", options.sendHighWaterMark, DEFAULTS.sendHighWaterMark);
     this.#readableHighWaterMark = positive("readableHighWaterMark", options.readableHighWaterMark, DEFAULTS.readableHighWaterMark);
     this.#readableMaxBytes = positive("readableMaxBytes", options.readableMaxBytes, DEFAULTS.readableMaxBytes);
+    this.#receiveWindow = positive("receiveWindow", options.receiveWindow, DEFAULTS.receiveWindow);
+    if (this.#receiveWindow > 2147483647) {
+      throw new RangeError("Cannot create RelayClient: receiveWindow is at most 2147483647");
+    }
     const target = new URL(url);
     target.searchParams.set("token", options.token);
     const opened = Promise.withResolvers();
@@ -645,13 +694,21 @@ var RelayClient = class {
     this.closed = ended.promise;
     this.ready.catch(() => {
     });
-    const socket = new WebSocket(target, [
+    const protocols = options.credit === false ? [
       MUX_V1_SUBPROTOCOL
-    ]);
+    ] : [
+      MUX_CREDIT_SUBPROTOCOL,
+      MUX_V1_SUBPROTOCOL
+    ];
+    const socket = new WebSocket(target, protocols);
     this.#socket = socket;
     socket.binaryType = "arraybuffer";
     socket.onopen = () => {
       this.#wasOpen = true;
+      this.#credit = socket.protocol === MUX_CREDIT_SUBPROTOCOL;
+      if (this.#credit) this.#decoder = new MuxFrameDecoder({
+        credit: true
+      });
       opened.resolve();
     };
     socket.onmessage = (event) => this.#onMessage(event.data);
@@ -666,6 +723,10 @@ var RelayClient = class {
   /** Whether the session has ended. */
   get isClosed() {
     return this.#end !== void 0;
+  }
+  /** Whether the relay selected the credit extension (false until the session is open). */
+  get credit() {
+    return this.#credit;
   }
   /** Streams that are open (their end has not been seen yet). */
   get streamCount() {
@@ -699,13 +760,17 @@ var RelayClient = class {
     const core = new StreamCore(this, id, `${target.display}:${port}`, {
       readableHighWaterMark: this.#readableHighWaterMark,
       readableMaxBytes: this.#readableMaxBytes,
-      chunkSize: this.#chunkSize
+      chunkSize: this.#chunkSize,
+      receiveWindow: this.#credit ? this.#receiveWindow : void 0
     });
     this.#streams.set(id, core);
     this.#socket.send(encodeOpen(id, {
       host: target.wire,
       port
     }));
+    if (this.#credit && this.#receiveWindow > MUX_CREDIT_INITIAL_WINDOW) {
+      this.#socket.send(encodeWindow(id, this.#receiveWindow - MUX_CREDIT_INITIAL_WINDOW));
+    }
     return core.stream;
   }
   /** Closes the WebSocket (code 1000); every stream still open fails with a `SessionClosedError`. */
@@ -813,6 +878,9 @@ var RelayClient = class {
           continue;
         case MuxMsgType.PONG:
           continue;
+        case MuxMsgType.WINDOW:
+          this.#streams.get(frame.streamId)?.onWindow(frame.bytes);
+          continue;
       }
     }
   }
@@ -856,11 +924,21 @@ var StreamCore = class {
   #readableController;
   #writableController;
   #readableDone = false;
+  // Credit extension (all in DATA payload bytes).
+  /** What the relay may still send us: our grants less what has arrived. */
+  #receiveCredit;
+  /** Bytes handed to `readable`, and of those, given back to the relay as credit. */
+  #delivered = 0;
+  #returned = 0;
+  /** What we may still send: the relay's grants less what we have sent. */
+  #sendCredit = MUX_CREDIT_INITIAL_WINDOW;
+  #creditWaiter;
   constructor(client, id, remote, options) {
     this.#client = client;
     this.id = id;
     this.remote = remote;
     this.#options = options;
+    this.#receiveCredit = options.receiveWindow ?? MUX_CREDIT_INITIAL_WINDOW;
     this.#closed = Promise.withResolvers();
     this.closed = this.#closed.promise;
     this.closed.catch(() => {
@@ -870,6 +948,19 @@ var StreamCore = class {
   onData(data) {
     const controller = this.#readableController;
     if (this.#done || controller === void 0 || this.#readableDone) return;
+    const window = this.#options.receiveWindow;
+    if (window !== void 0) {
+      this.#receiveCredit -= data.byteLength;
+      if (this.#receiveCredit < 0) {
+        this.reset(new RelayError(MuxErrorCode.PROTOCOL_ERROR, `The relay sent stream ${this.id} more than its window allowed`, {
+          connectionId: this.id
+        }));
+        return;
+      }
+      this.#delivered += data.byteLength;
+      controller.enqueue(data);
+      return;
+    }
     const queued = this.#options.readableHighWaterMark - (controller.desiredSize ?? 0);
     if (queued + data.byteLength > this.#options.readableMaxBytes) {
       this.reset(new RelayError(MuxErrorCode.STREAM_BUFFER_OVERFLOW, `Stream ${this.id} gave up: more than ${this.#options.readableMaxBytes} bytes arrived unread`, {
@@ -896,6 +987,25 @@ var StreamCore = class {
       this.#readableController?.close();
     }
     this.#closed.resolve();
+  }
+  /** The relay's WINDOW: we may send `bytes` more. */
+  onWindow(bytes) {
+    if (this.#done) return;
+    this.#sendCredit += bytes;
+    const waiter = this.#creditWaiter;
+    this.#creditWaiter = void 0;
+    waiter?.resolve();
+  }
+  /** The reader took bytes from `readable`: give the relay that much credit back, a quarter window at a time. */
+  #returnCredit(queued) {
+    const window = this.#options.receiveWindow;
+    if (window === void 0 || this.#done) return;
+    const consumed = this.#delivered - queued;
+    const owed = consumed - this.#returned;
+    if (owed <= 0 || owed < window / 4 && this.#receiveCredit > 0) return;
+    this.#returned = consumed;
+    this.#receiveCredit += owed;
+    this.#client.sendFrame(encodeWindow(this.id, owed));
   }
   /** The relay's ERROR: terminal, no CLOSE follows. */
   onError(err) {
@@ -932,11 +1042,24 @@ var StreamCore = class {
     if (!(chunk instanceof Uint8Array)) {
       throw new TypeError(`Cannot write to stream ${this.id}: expected a Uint8Array`);
     }
-    for (let offset = 0; offset < chunk.byteLength; offset += this.#options.chunkSize) {
+    const credit = this.#options.receiveWindow !== void 0;
+    for (let offset = 0; offset < chunk.byteLength; ) {
       await this.#client.waitForRoom(this);
+      if (credit && this.#sendCredit <= 0 && !this.#done) {
+        await new Promise((resolve, reject) => this.#creditWaiter = {
+          resolve,
+          reject
+        });
+      }
       if (this.#done) throw this.#error ?? this.#endedError();
       if (this.#finSent) throw new TypeError(`Cannot write: stream ${this.id} is closed for writing`);
-      this.#client.sendFrame(encodeData(this.id, chunk.subarray(offset, offset + this.#options.chunkSize)));
+      let size = Math.min(this.#options.chunkSize, chunk.byteLength - offset);
+      if (credit) {
+        size = Math.min(size, this.#sendCredit);
+        this.#sendCredit -= size;
+      }
+      this.#client.sendFrame(encodeData(this.id, chunk.subarray(offset, offset + size)));
+      offset += size;
     }
   }
   #endedError() {
@@ -946,6 +1069,11 @@ var StreamCore = class {
     return new ReadableStream({
       start: (controller) => {
         this.#readableController = controller;
+      },
+      // Called as the reader takes chunks (the queue is below its mark): under the credit extension, that is
+      // when the relay gets its credit back.
+      pull: (controller) => {
+        this.#returnCredit(this.#options.readableHighWaterMark - (controller.desiredSize ?? 0));
       },
       // The application no longer wants the bytes: a stream cannot be half-closed for reading, so it is reset.
       cancel: (reason) => {
@@ -972,6 +1100,9 @@ var StreamCore = class {
     if (this.#done) return;
     this.#done = true;
     this.#error = err;
+    const waiter = this.#creditWaiter;
+    this.#creditWaiter = void 0;
+    waiter?.reject(err);
     this.#client.retire(this.id);
     this.#client.cancelWaits(this, err);
     if (!this.#readableDone) {

@@ -86,7 +86,7 @@ export interface Wire {
    * The target of TCP stream `id` took client bytes; `queuedBytes` are still waiting for it (0: all written).
    * For wires that grant the client credit as the queue drains.
    */
-  uploadProgress?(id: number, queuedBytes: number): void;
+  uploadProgress?(id: number, queuedBytes: number, bytesToTarget: number): void;
   /** An OPEN was refused before it became a stream. */
   openRefused(id: number, refusal: Refusal, message: string): void;
   /** The transport found a rule broken at the WebSocket level and is about to close with `code`. */
@@ -317,9 +317,26 @@ export class Session implements StreamHost, DatagramHost {
    * sent behind the OPEN is queued); the name is resolved and checked before anything is dialed, and a
    * refusal ends the stream with `policy_denied` or `invalid_target`.
    */
-  openTarget(id: number, host: string, port: number): void {
+  openTarget(id: number, host: string, port: number, options: { downloadCredit?: number } = {}): void {
     if (!this.#admit(id)) return;
-    this.#startStream(id, { host, port, resolve: true });
+    this.#startStream(id, { host, port, resolve: true, ...options });
+  }
+
+  /** Download credit stream `id` holds now (credit wires); undefined when it is no live credit stream. */
+  downloadCredit(id: number): number | undefined {
+    const stream = this.#streams.get(id);
+    return stream instanceof TcpStream ? stream.downloadCredit : undefined;
+  }
+
+  /**
+   * The client of a credit wire lets stream `id` send `bytes` more; false when no such TCP stream is live (a
+   * grant that crossed the stream's end).
+   */
+  grantDownload(id: number, bytes: number): boolean {
+    const stream = this.#streams.get(id);
+    if (!(stream instanceof TcpStream)) return false;
+    stream.grantDownload(bytes);
+    return true;
   }
 
   /**
@@ -628,9 +645,9 @@ export class Session implements StreamHost, DatagramHost {
    * buffer and the other pending reads, at least {@linkcode MIN_READ}, at most `want`. Give it back with
    * {@linkcode releaseRead} when the read returns.
    */
-  reserveRead(want: number): number {
+  reserveRead(want: number, floor = MIN_READ): number {
     const room = this.#highWatermark - this.#socket.bufferedAmount - this.#readsReserved;
-    const size = Math.max(MIN_READ, Math.min(want, room));
+    const size = Math.max(floor, Math.min(want, room));
     this.#readsReserved += size;
     return size;
   }
@@ -644,7 +661,8 @@ export class Session implements StreamHost, DatagramHost {
   queueAdded(stream: TcpStream, bytes: number, streamFull: boolean): void {
     this.queuedBytes += bytes;
     this.#deps.queue?.add(bytes);
-    if (streamFull) this.#fullStreams.add(stream);
+    // A credit stream's queue is bounded by the window its wire grants, not by the stream cap.
+    if (streamFull && !stream.creditControlled) this.#fullStreams.add(stream);
     if (!this.#uploadPaused && this.#overBudget()) this.#pauseUploads();
   }
 
@@ -653,7 +671,9 @@ export class Session implements StreamHost, DatagramHost {
     this.#deps.queue?.remove(bytes);
     if (!streamFull) this.#fullStreams.delete(stream);
     if (this.#uploadPaused && !this.#overBudget()) this.#resumeUploads();
-    if (!stream.closed && !this.#closed) this.#wire.uploadProgress?.(stream.id, stream.queuedBytes);
+    if (!stream.closed && !this.#closed) {
+      this.#wire.uploadProgress?.(stream.id, stream.queuedBytes, stream.bytesToTarget);
+    }
   }
 
   #overBudget(): boolean {
@@ -702,6 +722,8 @@ export class Session implements StreamHost, DatagramHost {
     const now = performance.now();
     const stallMs = this.#deps.config.uploadStallMs;
     for (const stream of [...this.#streams.values()]) {
+      // A credit stream waits for its target as TCP would: the client cannot send past its window.
+      if (stream instanceof TcpStream && stream.creditControlled) continue;
       if (stream.stalledFor(now) >= stallMs) {
         const message = `Target ${stream.destination} is not reading fast enough: it accepted no data for ` +
           `${stallMs} ms while the upload queues were full`;

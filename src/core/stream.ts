@@ -98,6 +98,12 @@ export interface StreamTarget {
   readonly port: number;
   /** Whether `host` still has to go through the session's target resolution and policy. */
   readonly resolve: boolean;
+  /**
+   * Bytes the client lets the relay send before it grants more (a credit wire); undefined: no window, the
+   * WebSocket's send buffer is the only limit. A credit stream's uploads are bounded by the wire's own window,
+   * so the stream cap and the stall rule do not apply to it.
+   */
+  readonly downloadCredit?: number;
 }
 
 /** What a session holds for each live stream, TCP or UDP. */
@@ -144,8 +150,11 @@ export interface StreamHost {
   /** True while the WebSocket send buffer is above the high watermark. */
   readonly congested: boolean;
   waitForDrain(): Promise<void>;
-  /** Bytes the stream may read from its target now (at most `want`); give them back with `releaseRead`. */
-  reserveRead(want: number): number;
+  /**
+   * Bytes the stream may read from its target now (at most `want`, at least `floor`, which defaults to
+   * `MIN_READ`); give them back with `releaseRead`.
+   */
+  reserveRead(want: number, floor?: number): number;
   releaseRead(size: number): void;
   /** Milliseconds to wait before `n` more client bytes may go to a target (shaping). */
   reserveUplink(n: number): number;
@@ -279,6 +288,9 @@ export class TcpStream implements SessionStream {
   #lingerTimer: ReturnType<typeof setTimeout> | undefined;
   #connClosed = false;
   #connectMs: number | undefined;
+  /** Bytes the client still lets this stream send (credit wires); undefined: unlimited. */
+  #downloadCredit: number | undefined;
+  #wakeReader: (() => void) | undefined;
   bytesToTarget = 0;
   bytesFromTarget = 0;
 
@@ -288,12 +300,32 @@ export class TcpStream implements SessionStream {
     this.#hostname = target.host;
     this.#port = target.port;
     this.#resolve = target.resolve;
+    this.#downloadCredit = target.downloadCredit;
     this.destination = formatDestination(target.host, target.port);
   }
 
   /** Whether the stream has finished. */
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** Whether a credit wire bounds this stream in both directions (see `StreamTarget.downloadCredit`). */
+  get creditControlled(): boolean {
+    return this.#downloadCredit !== undefined;
+  }
+
+  /** Bytes the client still lets this stream send (credit wires); undefined: no window. */
+  get downloadCredit(): number | undefined {
+    return this.#downloadCredit;
+  }
+
+  /** The client granted `bytes` more of download credit (credit wires). */
+  grantDownload(bytes: number): void {
+    if (this.#downloadCredit === undefined) return;
+    this.#downloadCredit += bytes;
+    const wake = this.#wakeReader;
+    this.#wakeReader = undefined;
+    wake?.();
   }
 
   /** Client bytes queued for the target, as charged (0: everything the client sent has been written). */
@@ -423,7 +455,17 @@ export class TcpStream implements SessionStream {
           await this.#host.waitForDrain();
           continue;
         }
-        const size = this.#host.reserveRead(want);
+        const credit = this.#downloadCredit;
+        if (credit !== undefined && credit <= 0) {
+          // The client's window is full: read nothing more from the target until it grants more, so the
+          // target is slowed by TCP as it would be by a direct connection.
+          if (frame.byteLength > header + MIN_READ) frame = new Uint8Array(header);
+          await new Promise<void>((resolve) => this.#wakeReader = resolve);
+          continue;
+        }
+        const size = credit === undefined
+          ? this.#host.reserveRead(want)
+          : this.#host.reserveRead(Math.min(want, credit), Math.min(MIN_READ, credit));
         const capacity = frame.byteLength - header;
         // Keep the buffer unless it is too small, or so large that an idle read would pin memory for nothing.
         if (capacity < size || capacity > 4 * size) {
@@ -448,6 +490,7 @@ export class TcpStream implements SessionStream {
           return;
         }
         this.bytesFromTarget += n;
+        if (this.#downloadCredit !== undefined) this.#downloadCredit -= n;
         this.#activity++;
         this.#host.countFromTarget(n);
         // The transport copies the bytes, so the buffer is free for the next read at once.
@@ -550,10 +593,11 @@ export class TcpStream implements SessionStream {
         }
         this.#queued -= charged;
         this.#progressAt = performance.now();
-        this.#host.queueRemoved(this, charged, this.#queued > this.#host.streamQueueBytes);
+        // Counted before the session hears of it: a credit wire returns exactly the bytes that reached the target.
         this.bytesToTarget += bytes;
         this.#activity++;
         this.#host.countToTarget(bytes);
+        this.#host.queueRemoved(this, charged, this.#queued > this.#host.streamQueueBytes);
       }
     } catch (err: unknown) {
       if (this.#closed) return;
@@ -679,6 +723,9 @@ export class TcpStream implements SessionStream {
     else this.#closeConn();
     this.#writerSleep?.cancel();
     this.#readerSleep?.cancel();
+    const wakeReader = this.#wakeReader;
+    this.#wakeReader = undefined;
+    wakeReader?.();
     const dropped = this.#queued;
     this.#queued = 0;
     this.#chunks = [];

@@ -19,6 +19,9 @@ import {
   encodeClose,
   encodeError,
   encodePong,
+  encodeWindow,
+  MUX_CREDIT_INITIAL_WINDOW,
+  MUX_CREDIT_MAX_WINDOW,
   MUX_ERROR_CODE_NAMES,
   MUX_HEADER_SIZE,
   MuxCloseFlag,
@@ -46,7 +49,17 @@ const REFUSAL_CODES: Readonly<Record<Refusal, MuxErrorCode>> = {
   "invalid": MuxErrorCode.PROTOCOL_ERROR,
 };
 
-/** `aero-tcp-mux-v1`, for one session. */
+/** Upload credit of one stream under the credit extension, in payload bytes. */
+interface UploadCredit {
+  /** DATA payload bytes received. */
+  received: number;
+  /** Bytes the client may have sent in all: the initial window plus every WINDOW sent. */
+  allowed: number;
+  /** Bytes written to the target and already given back as credit. */
+  returned: number;
+}
+
+/** `aero-tcp-mux-v1` (and its credit extension), for one session. */
 export class AeroMuxWire implements Wire {
   readonly dataHeaderSize = MUX_HEADER_SIZE;
   readonly halfClose = true;
@@ -57,15 +70,20 @@ export class AeroMuxWire implements Wire {
   readonly #frameTimeoutMs: number;
   /** Runs while a frame is half received: a frame must arrive whole within the message deadline. */
   #frameTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Credit extension: the relay's upload window per stream; undefined for plain aero-tcp-mux-v1. */
+  readonly #uploadWindow: number | undefined;
+  readonly #uploads = new Map<number, UploadCredit>();
 
   /**
    * @param maxPayloadBytes largest frame payload (a header announcing more closes the session)
    * @param frameTimeoutMs how long a frame may take to arrive whole (0 = no limit)
+   * @param uploadWindow the credit extension was negotiated: bytes each stream's client may have in flight
    */
-  constructor(session: Session, maxPayloadBytes: number, frameTimeoutMs: number) {
+  constructor(session: Session, maxPayloadBytes: number, frameTimeoutMs: number, uploadWindow?: number) {
     this.#session = session;
-    this.#decoder = new MuxFrameDecoder({ maxPayloadBytes });
+    this.#decoder = new MuxFrameDecoder({ maxPayloadBytes, credit: uploadWindow !== undefined });
     this.#frameTimeoutMs = frameTimeoutMs;
+    this.#uploadWindow = uploadWindow;
   }
 
   writeDataHeader(frame: Uint8Array, id: number): void {
@@ -103,12 +121,53 @@ export class AeroMuxWire implements Wire {
             continue;
           }
           session.metrics.openMetadataBytes += frame.metadata.byteLength;
-          session.openTarget(id, frame.host, frame.port);
+          const window = this.#uploadWindow;
+          if (window === undefined) {
+            session.openTarget(id, frame.host, frame.port);
+            continue;
+          }
+          // Credit extension: both directions start at the initial window; the relay then tops the client's
+          // up to its configured window at once (no round trip before a large upload can start).
+          const upload: UploadCredit = { received: 0, allowed: MUX_CREDIT_INITIAL_WINDOW, returned: 0 };
+          this.#uploads.set(id, upload);
+          session.openTarget(id, frame.host, frame.port, { downloadCredit: MUX_CREDIT_INITIAL_WINDOW });
+          if (session.hasStream(id) && window > MUX_CREDIT_INITIAL_WINDOW) {
+            this.#grant(id, upload, window - MUX_CREDIT_INITIAL_WINDOW);
+          }
           continue;
         }
-        case MuxMsgType.DATA:
+        case MuxMsgType.DATA: {
+          const upload = this.#uploads.get(frame.streamId);
+          if (upload !== undefined) {
+            upload.received += frame.data.byteLength;
+            if (upload.received > upload.allowed) {
+              session.countLimit(
+                "credit_overrun",
+                frame.streamId,
+                `Stream ${frame.streamId} sent ${upload.received} bytes; its window allowed ${upload.allowed}`,
+              );
+              this.#streamError(
+                frame.streamId,
+                MuxErrorCode.STREAM_BUFFER_OVERFLOW,
+                `Window overrun: ${upload.received} bytes sent, ${upload.allowed} allowed`,
+              );
+              continue;
+            }
+          }
           if (!session.data(frame.streamId, frame.data) && !session.isRecent(frame.streamId)) {
             this.#error(frame.streamId, MuxErrorCode.UNKNOWN_STREAM, "unknown stream");
+          }
+          continue;
+        }
+        case MuxMsgType.WINDOW:
+          // A grant for a stream that is gone crossed its end on the wire: nothing to do.
+          if (!session.grantDownload(frame.streamId, frame.bytes)) continue;
+          if (session.downloadCredit(frame.streamId)! > MUX_CREDIT_MAX_WINDOW) {
+            this.#streamError(
+              frame.streamId,
+              MuxErrorCode.PROTOCOL_ERROR,
+              `Window over ${MUX_CREDIT_MAX_WINDOW} bytes`,
+            );
           }
           continue;
         case MuxMsgType.CLOSE:
@@ -135,12 +194,30 @@ export class AeroMuxWire implements Wire {
     // No OPEN acknowledgement in v1: success is implicit.
   }
 
+  /** Credit extension: gives back the bytes that reached the target, in WINDOWs of at least a quarter window. */
+  uploadProgress(id: number, queuedBytes: number, bytesToTarget: number): void {
+    const upload = this.#uploads.get(id);
+    if (upload === undefined) return;
+    const owed = bytesToTarget - upload.returned;
+    if (owed <= 0) return;
+    // Batched, so that a stream of small writes does not cost a WINDOW each; everything once the queue is empty.
+    if (queuedBytes > 0 && owed < this.#uploadWindow! / 4) return;
+    upload.returned = bytesToTarget;
+    this.#grant(id, upload, owed);
+  }
+
+  #grant(id: number, upload: UploadCredit, bytes: number): void {
+    upload.allowed += bytes;
+    this.#session.sendFrame(encodeWindow(id, bytes));
+  }
+
   targetEnded(id: number): void {
     this.#finSent.add(id);
     this.#session.sendFrame(encodeClose(id, MuxCloseFlag.FIN));
   }
 
   streamEnding(id: number, reason: CloseReason, message: string | undefined): void {
+    this.#uploads.delete(id);
     // After CLOSE FIN the client considers the stream over: a late error would be a second terminal frame.
     if (this.#finSent.delete(id)) return;
     if (message !== undefined) {
@@ -152,6 +229,7 @@ export class AeroMuxWire implements Wire {
   }
 
   openRefused(id: number, refusal: Refusal, message: string): void {
+    this.#uploads.delete(id);
     this.#error(id, REFUSAL_CODES[refusal], message);
   }
 

@@ -16,6 +16,11 @@ export const MuxMsgType = {
   ERROR: 4,
   PING: 5,
   PONG: 6,
+  /**
+   * The credit extension only (subprotocol {@linkcode MUX_CREDIT_SUBPROTOCOL}, README "Credit extension"):
+   * the sender lets the receiver send `bytes` more on the stream. Outside the extension it is an unknown type.
+   */
+  WINDOW: 0x10,
 } as const;
 export type MuxMsgType = typeof MuxMsgType[keyof typeof MuxMsgType];
 
@@ -48,6 +53,17 @@ export const MUX_CLOSE_FLAGS_MASK = MuxCloseFlag.FIN | MuxCloseFlag.RST;
 
 /** The WebSocket subprotocol a client must offer. */
 export const MUX_V1_SUBPROTOCOL = "aero-tcp-mux-v1";
+/**
+ * aero-tcp-mux-v1 with per-stream byte windows both ways (this project's extension): the same frames plus
+ * WINDOW. A client offers it before `aero-tcp-mux-v1`; a relay without it picks the plain one.
+ */
+export const MUX_CREDIT_SUBPROTOCOL = "aero-tcp-mux-v1-credit";
+/** Under the credit extension each stream starts with this window in both directions, before any WINDOW. */
+export const MUX_CREDIT_INITIAL_WINDOW = 64 * 1024;
+/** A WINDOW payload is exactly `bytes` u32be. */
+export const MUX_WINDOW_PAYLOAD_BYTES = 4;
+/** Most credit a stream may hold in one direction: a grant past it is a protocol error. */
+export const MUX_CREDIT_MAX_WINDOW = 0x7fff_ffff;
 /** `msg_type` (u8) + `stream_id` (u32be) + `length` (u32be). */
 export const MUX_HEADER_SIZE = 9;
 /** Stream id 0 carries connection-level messages (PING/PONG, session-wide ERROR), never a stream. */
@@ -120,6 +136,14 @@ export interface MuxPingFrame {
   readonly payload: Uint8Array;
 }
 
+/** WINDOW (credit extension): the receiver may send `bytes` more on the stream. */
+export interface MuxWindowFrame {
+  readonly type: typeof MuxMsgType.WINDOW;
+  readonly streamId: number;
+  /** 1 to {@linkcode MUX_CREDIT_MAX_WINDOW}. */
+  readonly bytes: number;
+}
+
 /** PONG: the answer to a PING. */
 export interface MuxPongFrame {
   readonly type: typeof MuxMsgType.PONG;
@@ -134,7 +158,8 @@ export type MuxFrame =
   | MuxCloseFrame
   | MuxErrorFrame
   | MuxPingFrame
-  | MuxPongFrame;
+  | MuxPongFrame
+  | MuxWindowFrame;
 
 /**
  * Bytes that break the protocol, in wire order among the frames.
@@ -392,6 +417,17 @@ export function encodePong(streamId: number, payload: Uint8Array = new Uint8Arra
   return encodeRawFrame({ type: MuxMsgType.PONG, streamId }, payload);
 }
 
+/** Encodes a WINDOW (credit extension): the peer may send `bytes` more on stream `streamId`. */
+export function encodeWindow(streamId: number, bytes: number): Uint8Array {
+  if (!Number.isInteger(bytes) || bytes < 1 || bytes > MUX_CREDIT_MAX_WINDOW) {
+    throw new RangeError(`Cannot encode WINDOW: ${bytes} bytes is not from 1 to ${MUX_CREDIT_MAX_WINDOW}`);
+  }
+  if (streamId === MUX_CONNECTION_STREAM_ID) throw new RangeError("Cannot encode WINDOW: stream id 0");
+  const payload = new Uint8Array(MUX_WINDOW_PAYLOAD_BYTES);
+  viewOf(payload).setUint32(0, bytes);
+  return encodeRawFrame({ type: MuxMsgType.WINDOW, streamId }, payload);
+}
+
 /** Encodes any well-formed frame value (the inverse of the decoder). */
 export function encodeFrame(frame: MuxFrame): Uint8Array {
   switch (frame.type) {
@@ -407,6 +443,8 @@ export function encodeFrame(frame: MuxFrame): Uint8Array {
       return encodePing(frame.streamId, frame.payload);
     case MuxMsgType.PONG:
       return encodePong(frame.streamId, frame.payload);
+    case MuxMsgType.WINDOW:
+      return encodeWindow(frame.streamId, frame.bytes);
   }
 }
 
@@ -520,8 +558,23 @@ function reservedStreamId(what: string): MuxProtocolError {
  * Checks a header before any of its payload is buffered. Returns the stream-scoped problem, if any; the
  * oversize check (session-scoped) is the decoder's.
  */
-function checkHeader(type: number, streamId: number, length: number): MuxProtocolError | undefined {
+function checkHeader(
+  type: number,
+  streamId: number,
+  length: number,
+  credit: boolean,
+): MuxProtocolError | undefined {
   switch (type) {
+    case MuxMsgType.WINDOW:
+      if (!credit) return streamError(streamId, `Invalid frame: unknown msg_type ${type}`);
+      if (streamId === MUX_CONNECTION_STREAM_ID) return reservedStreamId("WINDOW");
+      if (length !== MUX_WINDOW_PAYLOAD_BYTES) {
+        return streamError(
+          streamId,
+          `Cannot decode WINDOW payload: expected ${MUX_WINDOW_PAYLOAD_BYTES} bytes, got ${length}`,
+        );
+      }
+      return undefined;
     case MuxMsgType.OPEN:
       if (streamId === MUX_CONNECTION_STREAM_ID) {
         return reservedStreamId("OPEN");
@@ -581,6 +634,16 @@ function decodeBody(type: number, streamId: number, payload: Uint8Array): MuxDec
         return decodeErrorPayload(streamId, payload);
       case MuxMsgType.PING:
         return { type: MuxMsgType.PING, streamId, payload };
+      case MuxMsgType.WINDOW: {
+        const bytes = viewOf(payload).getUint32(0);
+        if (bytes === 0 || bytes > MUX_CREDIT_MAX_WINDOW) {
+          throw streamError(
+            streamId,
+            `Invalid WINDOW: ${bytes} bytes is not from 1 to ${MUX_CREDIT_MAX_WINDOW}`,
+          );
+        }
+        return { type: MuxMsgType.WINDOW, streamId, bytes };
+      }
       default:
         return { type: MuxMsgType.PONG, streamId, payload };
     }
@@ -597,6 +660,11 @@ export interface MuxDecoderOptions {
    * @default {MUX_DEFAULT_MAX_PAYLOAD_BYTES}
    */
   readonly maxPayloadBytes?: number;
+  /**
+   * Accept WINDOW frames (the credit extension was negotiated); otherwise they are an unknown type.
+   * @default {false}
+   */
+  readonly credit?: boolean;
 }
 
 /**
@@ -616,6 +684,7 @@ export interface MuxDecoderOptions {
  */
 export class MuxFrameDecoder {
   readonly #maxPayloadBytes: number;
+  readonly #credit: boolean;
   readonly #header = new Uint8Array(MUX_HEADER_SIZE);
   readonly #headerView = viewOf(this.#header);
   /** Bytes of a split header received so far. */
@@ -635,6 +704,7 @@ export class MuxFrameDecoder {
       throw new RangeError(`Cannot create decoder: maxPayloadBytes ${max} is not a u32`);
     }
     this.#maxPayloadBytes = max;
+    this.#credit = options.credit ?? false;
   }
 
   /** Bytes of the partial frame held (header and payload so far). */
@@ -707,7 +777,7 @@ export class MuxFrameDecoder {
         out.push({ type: "invalid", streamId: MUX_CONNECTION_STREAM_ID, error: this.#failure });
         break;
       }
-      const problem = checkHeader(type, streamId, length);
+      const problem = checkHeader(type, streamId, length, this.#credit);
       if (problem !== undefined) {
         out.push({ type: "invalid", streamId, error: problem });
         this.#skip = length;

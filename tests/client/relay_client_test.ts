@@ -25,6 +25,7 @@ import {
   startRelay,
   startSinkServer,
   startSourceServer,
+  startStalledServer,
   startTcpServer,
   TOKEN,
   withTimeout,
@@ -95,7 +96,8 @@ Deno.test("RelayClient echoes through the relay; close() half-closes and resolve
 Deno.test("a 1 MiB write goes out as 64 DATA frames of 16 KiB and echoes byte for byte", async () => {
   await using echo = startEchoServer();
   await using relay = startRelay({ clientBytesPerSec: 0 });
-  await using client = clientFor(relay.port);
+  // Plain aero-tcp-mux-v1, so that the frame count is exact (the credit extension adds WINDOWs).
+  await using client = clientFor(relay.port, { credit: false });
   const stream = await client.connect([127, 0, 0, 1], echo.port);
   const payload = new PatternStream(21).fill(new Uint8Array(MIB));
   const writer = stream.writable.getWriter();
@@ -366,7 +368,12 @@ Deno.test("connection ids count up from 1 and are never reused, whatever ended t
 Deno.test("an application that stops reading gets RelayError 6 once readableMaxBytes are unread", async () => {
   await using source = startSourceServer(16 * MIB, 2);
   await using relay = startRelay();
-  await using client = clientFor(relay.port, { readableHighWaterMark: 64 * 1024, readableMaxBytes: MIB });
+  // Without the credit extension nothing can slow one stream, so this bound is what protects the client.
+  await using client = clientFor(relay.port, {
+    readableHighWaterMark: 64 * 1024,
+    readableMaxBytes: MIB,
+    credit: false,
+  });
   const stream = await client.connect("127.0.0.1", source.port);
   await assertRelayError(
     withTimeout(stream.closed, 10_000, "the stream to give up"),
@@ -389,7 +396,8 @@ Deno.test("writes wait while the WebSocket send buffer is over the watermark (re
     AERO_PROXY_STREAM_QUEUE_BYTES: String(64 * MIB),
     AERO_PROXY_SESSION_QUEUE_BYTES: String(64 * MIB),
   });
-  await using client = clientFor(relay.port, { sendHighWaterMark: 256 * 1024 });
+  // The WebSocket's own watermark, so without the credit extension (whose window would stop the writes first).
+  await using client = clientFor(relay.port, { sendHighWaterMark: 256 * 1024, credit: false });
   const stream = await client.connect("127.0.0.1", sink.port);
   relay.kill("SIGSTOP");
   let written = 0;
@@ -446,4 +454,62 @@ Deno.test("the token travels in the query; the subprotocol carrier is refused wi
         ),
     );
   }
+});
+
+Deno.test("credit extension: used by default, and off on request", async () => {
+  await using relay = startRelay();
+  await using withCredit = clientFor(relay.port);
+  await withCredit.ready;
+  assert.equal(withCredit.credit, true);
+  await using without = clientFor(relay.port, { credit: false });
+  await without.ready;
+  assert.equal(without.credit, false);
+  assert.equal(relay.relay.metrics.sessionsByProtocol.get("aero-tcp-mux-v1-credit"), 1);
+  assert.equal(relay.relay.metrics.sessionsByProtocol.get("aero-tcp-mux-v1"), 1);
+});
+
+Deno.test("credit extension: a reader that stops stops the target; reading again brings every byte", async () => {
+  const total = 16 * MIB;
+  const window = 128 * 1024;
+  await using source = startSourceServer(total, 4);
+  await using relay = startRelay();
+  await using client = clientFor(relay.port, { receiveWindow: window, readableHighWaterMark: window });
+  const stream = await client.connect("127.0.0.1", source.port);
+  await delay(500);
+  // Nothing has been read: the relay has read no more from the target than the window.
+  assert.ok(
+    relay.relay.metrics.bytesFromTargets <= window,
+    `the relay read ${relay.relay.metrics.bytesFromTargets} bytes with a ${window}-byte window`,
+  );
+  const data = await withTimeout(readAll(stream.readable), 30_000, "the whole download");
+  assert.equal(data.byteLength, total);
+  assert.equal(sha256Hex(data), patternDigest(total, 4));
+});
+
+Deno.test("credit extension: a target that stops reading stops writable at the relay's window", async () => {
+  await using stalled = startStalledServer();
+  await using relay = startRelay({ creditWindowBytes: 512 * 1024 });
+  await using client = clientFor(relay.port);
+  const stream = await client.connect("127.0.0.1", stalled.port);
+  const writer = stream.writable.getWriter();
+  let written = 0;
+  const writing = (async () => {
+    for (let i = 0; i < 1024; i++) {
+      await writer.write(new Uint8Array(64 * 1024));
+      written += 64 * 1024;
+    }
+  })();
+  writing.catch(() => {});
+  let previous = -1;
+  for (let i = 0; i < 40 && written !== previous; i++) {
+    previous = written;
+    await delay(100);
+  }
+  // The kernel takes some before the target's socket is full; past that, the window holds the writer.
+  assert.ok(written < 16 * MIB, `${written} bytes were accepted by a target that reads nothing`);
+  assert.equal(relay.relay.metrics.backpressureErrors, 0);
+  assert.ok(relay.relay.queue.used <= 512 * 1024 + 64 * 1024, `relay holds ${relay.relay.queue.used} bytes`);
+  await stream.abort();
+  // The aborted stream fails the pending write.
+  assert.ok((await rejection(writing)) !== undefined, "the write waiting for credit never failed");
 });

@@ -15,6 +15,7 @@ import {
   encodePing,
   encodePong,
   encodeRawFrame,
+  encodeWindow,
   MUX_CLOSE_FLAGS_MASK,
   MUX_DEFAULT_ERROR_MESSAGE_BYTES,
   MUX_DEFAULT_MAX_PAYLOAD_BYTES,
@@ -282,8 +283,35 @@ function encodeLikeASender(frame: MuxFrame): Uint8Array {
       return encodePing(frame.streamId, frame.payload);
     case MuxMsgType.PONG:
       return encodePong(frame.streamId, frame.payload);
+    case MuxMsgType.WINDOW:
+      return encodeWindow(frame.streamId, frame.bytes);
   }
 }
+
+Deno.test({
+  name: "credit extension: WINDOW round trips, and is an unknown type without it",
+  permissions: "none",
+}, () => {
+  const bytes = encodeWindow(7, 983_040);
+  assert.deepEqual([...bytes], [0x10, 0, 0, 0, 7, 0, 0, 0, 4, 0x00, 0x0f, 0x00, 0x00]);
+  assert.deepEqual(new MuxFrameDecoder({ credit: true }).push(bytes), [
+    { type: MuxMsgType.WINDOW, streamId: 7, bytes: 983_040 },
+  ]);
+  const [plain] = new MuxFrameDecoder().push(bytes);
+  assert.ok(
+    plain?.type === "invalid" && plain.error.scope === "stream" &&
+      /unknown msg_type 16/.test(plain.error.message),
+  );
+  // Zero bytes, the wrong length, and stream 0 are errors on their stream; the session goes on.
+  const zero = encodeRawFrame({ type: MuxMsgType.WINDOW, streamId: 3 }, new Uint8Array(4));
+  const short = encodeRawFrame({ type: MuxMsgType.WINDOW, streamId: 3 }, new Uint8Array(3));
+  const session = encodeRawFrame({ type: MuxMsgType.WINDOW, streamId: 0 }, new Uint8Array([0, 0, 0, 1]));
+  const decoded = new MuxFrameDecoder({ credit: true }).push(concat(zero, short, session, bytes));
+  assert.deepEqual(decoded.map((d) => d.type), ["invalid", "invalid", "invalid", MuxMsgType.WINDOW]);
+  assert.ok(decoded.slice(0, 3).every((d) => d.type === "invalid" && d.error.scope === "stream"));
+  assert.throws(() => encodeWindow(1, 0), RangeError);
+  assert.throws(() => encodeWindow(0, 1), RangeError);
+});
 
 Deno.test({ name: "vectors: the file is the expected schema", permissions: "none" }, () => {
   assert.equal(vectors.schema, 1);
@@ -1082,7 +1110,16 @@ Deno.test({ name: "encoders: caller mistakes are RangeErrors", permissions: "non
 Deno.test({ name: "constants are the spec's numbers", permissions: "none" }, () => {
   assert.equal(MUX_V1_SUBPROTOCOL, "aero-tcp-mux-v1");
   assert.equal(MUX_HEADER_SIZE, 9);
-  assert.deepEqual({ ...MuxMsgType }, { OPEN: 1, DATA: 2, CLOSE: 3, ERROR: 4, PING: 5, PONG: 6 });
+  // The spec's six, and the credit extension's WINDOW (this project's, README "Credit extension").
+  assert.deepEqual({ ...MuxMsgType }, {
+    OPEN: 1,
+    DATA: 2,
+    CLOSE: 3,
+    ERROR: 4,
+    PING: 5,
+    PONG: 6,
+    WINDOW: 0x10,
+  });
   assert.deepEqual({ ...MuxErrorCode }, {
     POLICY_DENIED: 1,
     DIAL_FAILED: 2,

@@ -15,11 +15,10 @@ import {
   MUX_V1_SUBPROTOCOL,
   MuxCloseFlag,
   MuxErrorCode,
-  type MuxFrame,
-  MuxFrameDecoder,
   MuxMsgType,
 } from "../../src/wire/aero_mux_v1_codec.ts";
 import { encodeFrame as rawFrame, Opcode, RawClient } from "../transport/_frames.ts";
+import { AeroClient } from "./_aero_client.ts";
 
 /** A CLOSE with any flags byte, valid or not. */
 function encodeRawClose(id: number, flags: number): Uint8Array {
@@ -42,71 +41,6 @@ function startAeroRelay(overrides: Record<string, unknown> = {}, resolve?: Resol
     defaultConfig({ port: 0, authTokens: [TOKEN], allowPrivateIps: true, logLevel: "warning", ...overrides }),
     resolve === undefined ? {} : { resolve },
   );
-}
-
-/** A client speaking aero-tcp-mux-v1 over Deno's WebSocket, collecting the relay's frames per stream. */
-class AeroClient implements AsyncDisposable {
-  readonly ws: WebSocket;
-  readonly #decoder = new MuxFrameDecoder({ maxPayloadBytes: 16 * 1024 * 1024 });
-  readonly frames: MuxFrame[] = [];
-  #waiters: (() => void)[] = [];
-  readonly closed: Promise<CloseEvent>;
-
-  private constructor(ws: WebSocket) {
-    this.ws = ws;
-    ws.binaryType = "arraybuffer";
-    ws.onmessage = (event) => {
-      for (const frame of this.#decoder.push(new Uint8Array(event.data as ArrayBuffer))) {
-        if (frame.type === "invalid") throw frame.error;
-        this.frames.push(frame);
-      }
-      for (const wake of this.#waiters.splice(0)) wake();
-    };
-    this.closed = new Promise((resolve) => ws.addEventListener("close", resolve, { once: true }));
-  }
-
-  static async connect(port: number): Promise<AeroClient> {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/tcp-mux?token=${TOKEN}`, MUX_V1_SUBPROTOCOL);
-    await new Promise<void>((resolve, reject) => {
-      ws.onopen = () => resolve();
-      ws.onerror = () => reject(new Error("WebSocket failed"));
-    });
-    return new AeroClient(ws);
-  }
-
-  send(...frames: Uint8Array[]): void {
-    for (const frame of frames) this.ws.send(frame);
-  }
-
-  /** Waits until a frame matching `match` has arrived (in order of arrival), and returns it. */
-  async next(match: (f: MuxFrame) => boolean, what: string, timeoutMs = 5000): Promise<MuxFrame> {
-    const deadline = performance.now() + timeoutMs;
-    for (;;) {
-      const index = this.frames.findIndex(match);
-      if (index >= 0) return this.frames.splice(index, 1)[0]!;
-      const left = deadline - performance.now();
-      if (left <= 0) throw new Error(`Timed out waiting for ${what}`);
-      await withTimeout(new Promise<void>((resolve) => this.#waiters.push(resolve)), left, what).catch(
-        () => {},
-      );
-    }
-  }
-
-  /** Collects DATA of `id` until its CLOSE; returns the bytes and the close flags. */
-  async readToClose(id: number, timeoutMs = 10_000): Promise<{ data: Uint8Array; flags: number }> {
-    const parts: Uint8Array[] = [];
-    for (;;) {
-      const frame = await this.next((f) => f.streamId === id, `stream ${id}`, timeoutMs);
-      if (frame.type === MuxMsgType.DATA) parts.push(frame.data.slice());
-      else if (frame.type === MuxMsgType.CLOSE) return { data: concat(parts), flags: frame.flags };
-      else assert.fail(`unexpected frame ${JSON.stringify(frame)}`);
-    }
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    if (this.ws.readyState !== WebSocket.CLOSED) this.ws.close();
-    await this.closed;
-  }
 }
 
 const text = (s: string) => new TextEncoder().encode(s);
