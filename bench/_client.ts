@@ -31,8 +31,33 @@ export function dataFrame(id: number, size: number, fill = 0x61): Uint8Array {
   return header(frame, FrameType.DATA, id);
 }
 
-/** Which framing a bench session speaks: the seed's on `/tcp-mux`, or Wisp v2 on `/wisp/`. */
-export type Framing = "seed" | "wisp";
+/**
+ * Which framing a bench session speaks: the seed's on `/tcp-mux`, Wisp v2 on `/wisp/`, or aero-tcp-mux-v1 with
+ * the credit extension on `/tcp-mux` (windows both ways; see {@linkcode MuxSession.receiveWindow}).
+ */
+export type Framing = "seed" | "wisp" | "credit";
+
+const AERO_HEADER = 9;
+const AERO_DATA = 2;
+const AERO_CLOSE = 3;
+const AERO_ERROR = 4;
+const AERO_WINDOW = 0x10;
+const CREDIT_INITIAL = 64 * 1024;
+
+/** Writes an aero-tcp-mux-v1 header: type, stream id u32be, payload length u32be. */
+function aeroHeader(frame: Uint8Array, type: number, id: number): Uint8Array {
+  const view = new DataView(frame.buffer, frame.byteOffset);
+  frame[0] = type;
+  view.setUint32(1, id);
+  view.setUint32(5, frame.byteLength - AERO_HEADER);
+  return frame;
+}
+
+function aeroWindow(id: number, bytes: number): Uint8Array {
+  const frame = aeroHeader(new Uint8Array(AERO_HEADER + 4), AERO_WINDOW, id);
+  new DataView(frame.buffer).setUint32(AERO_HEADER, bytes);
+  return frame;
+}
 
 const WISP_DATA = 0x02;
 const WISP_CONTINUE = 0x03;
@@ -54,6 +79,8 @@ function wispHeader(frame: Uint8Array, type: number, id: number): Uint8Array {
  * at most one request or ping in flight per stream, or a W4 round of ten packets.
  */
 export class MuxSession implements AsyncDisposable {
+  /** Credit: the default download window of new sessions (the bench's `--receive-window`). */
+  static creditWindow = 256 * 1024;
   readonly ws: WebSocket;
   readonly framing: Framing;
   readonly #handlers = new Map<number, StreamHandler>();
@@ -62,15 +89,26 @@ export class MuxSession implements AsyncDisposable {
   readonly #closed: Promise<void>;
   /** Wisp: resolves on the handshake CONTINUE. */
   readonly #ready = Promise.withResolvers<void>();
+  /** Credit: the download window each stream grants the relay (the client reads everything at once). */
+  readonly receiveWindow: number;
+  /** Credit: per stream, what we may still send, and bytes received but not yet given back. */
+  readonly #sendCredit = new Map<number, number>();
+  readonly #owed = new Map<number, number>();
+  #creditWaiters: (() => void)[] = [];
 
-  private constructor(ws: WebSocket, framing: Framing) {
+  private constructor(ws: WebSocket, framing: Framing, receiveWindow: number) {
     this.ws = ws;
     this.framing = framing;
+    this.receiveWindow = receiveWindow;
     const { promise, resolve } = Promise.withResolvers<void>();
     this.#closed = promise;
     ws.onclose = () => resolve();
     if (framing === "wisp") {
       ws.onmessage = this.#onWisp;
+      return;
+    }
+    if (framing === "credit") {
+      ws.onmessage = this.#onAero;
       return;
     }
     ws.onmessage = (event: MessageEvent) => {
@@ -133,18 +171,82 @@ export class MuxSession implements AsyncDisposable {
     }
   };
 
+  #onAero = (event: MessageEvent): void => {
+    const bytes = new Uint8Array(event.data as ArrayBuffer);
+    const view = new DataView(bytes.buffer);
+    // The relay writes whole frames, one or more per message.
+    for (let at = 0; at + AERO_HEADER <= bytes.byteLength;) {
+      const type = bytes[at]!;
+      const id = view.getUint32(at + 1);
+      const length = view.getUint32(at + 5);
+      const payload = bytes.subarray(at + AERO_HEADER, at + AERO_HEADER + length);
+      at += AERO_HEADER + length;
+      if (type === AERO_WINDOW) {
+        this.#sendCredit.set(id, (this.#sendCredit.get(id) ?? 0) + view.getUint32(at - 4));
+        const waiters = this.#creditWaiters;
+        this.#creditWaiters = [];
+        for (const wake of waiters) wake();
+        continue;
+      }
+      const handler = this.#handlers.get(id);
+      if (handler === undefined) continue;
+      if (type === AERO_DATA) {
+        handler.onData?.(payload);
+        // Consumed at once: the credit goes back a quarter window at a time.
+        const owed = (this.#owed.get(id) ?? 0) + payload.byteLength;
+        if (owed >= this.receiveWindow / 4) {
+          this.ws.send(aeroWindow(id, owed));
+          this.#owed.set(id, 0);
+        } else {
+          this.#owed.set(id, owed);
+        }
+      } else if (type === AERO_CLOSE) {
+        this.#forgetStream(id);
+        handler.onClose?.();
+      } else if (type === AERO_ERROR) {
+        this.#forgetStream(id);
+        const length = new DataView(payload.buffer, payload.byteOffset).getUint16(2);
+        handler.onError?.(
+          new DataView(payload.buffer, payload.byteOffset).getUint16(0),
+          decoder.decode(payload.subarray(4, 4 + length)),
+        );
+      }
+    }
+  };
+
+  #forgetStream(id: number): void {
+    this.#handlers.delete(id);
+    this.#sendCredit.delete(id);
+    this.#owed.delete(id);
+  }
+
+  /** Credit: bytes stream `id` may still send (Infinity in the other framings). */
+  sendCredit(id: number): number {
+    return this.framing === "credit" ? this.#sendCredit.get(id) ?? 0 : Infinity;
+  }
+
+  /** Credit: resolves at the relay's next WINDOW (for any stream). */
+  creditChanged(): Promise<void> {
+    return new Promise((resolve) => this.#creditWaiters.push(resolve));
+  }
+
   /** Opens a session to the relay on `port`. */
   static async connect(
     port: number,
     token: string,
     framing: Framing = "seed",
     timeoutMs = 10_000,
+    receiveWindow = MuxSession.creditWindow,
   ): Promise<MuxSession> {
     const ws = framing === "wisp"
       ? new WebSocket(`ws://127.0.0.1:${port}/wisp/${encodeURIComponent(token)}/`, ["wisp-v2"])
+      : framing === "credit"
+      ? new WebSocket(`ws://127.0.0.1:${port}${MUX_PATH}?token=${encodeURIComponent(token)}`, [
+        "aero-tcp-mux-v1-credit",
+      ])
       : new WebSocket(`ws://127.0.0.1:${port}${MUX_PATH}?token=${encodeURIComponent(token)}`);
     ws.binaryType = "arraybuffer";
-    const session = new MuxSession(ws, framing);
+    const session = new MuxSession(ws, framing, receiveWindow);
     const { promise, resolve, reject } = Promise.withResolvers<void>();
     ws.onopen = () => framing === "wisp" ? session.#ready.promise.then(() => resolve()) : resolve();
     ws.onerror = () => reject(new Error("Cannot open the WebSocket session"));
@@ -165,12 +267,32 @@ export class MuxSession implements AsyncDisposable {
   /** A DATA frame of `size` payload bytes in this session's framing (filled with `fill`). */
   dataFrame(id: number, size: number, fill = 0x61): Uint8Array {
     if (this.framing === "seed") return dataFrame(id, size, fill);
+    if (this.framing === "credit") {
+      return aeroHeader(new Uint8Array(AERO_HEADER + size).fill(fill), AERO_DATA, id);
+    }
     return wispHeader(new Uint8Array(5 + size).fill(fill), WISP_DATA, id);
   }
 
   /** Registers `handler` for `id` and sends OPEN (Wisp: CONNECT) to 127.0.0.1:`port`. */
   open(id: number, port: number, handler: StreamHandler): void {
     this.#handlers.set(id, handler);
+    if (this.framing === "credit") {
+      const host = new TextEncoder().encode("127.0.0.1");
+      const frame = aeroHeader(new Uint8Array(AERO_HEADER + 6 + host.byteLength), 0x01, id);
+      const view = new DataView(frame.buffer);
+      view.setUint16(AERO_HEADER, host.byteLength);
+      frame.set(host, AERO_HEADER + 2);
+      view.setUint16(AERO_HEADER + 2 + host.byteLength, port);
+      view.setUint16(AERO_HEADER + 4 + host.byteLength, 0);
+      this.ws.send(frame);
+      this.#sendCredit.set(id, CREDIT_INITIAL);
+      if (this.receiveWindow > CREDIT_INITIAL) {
+        this.ws.send(aeroWindow(id, this.receiveWindow - CREDIT_INITIAL));
+      }
+      // aero-tcp-mux-v1 has no OPEN acknowledgement: the stream is usable at once.
+      queueMicrotask(() => handler.onOpen?.());
+      return;
+    }
     if (this.framing === "wisp") {
       const host = new TextEncoder().encode("127.0.0.1");
       const frame = wispHeader(new Uint8Array(5 + 3 + host.byteLength), 0x01, id);
@@ -193,15 +315,25 @@ export class MuxSession implements AsyncDisposable {
   sendData(id: number, payload: Uint8Array): void {
     const frame = this.dataFrame(id, payload.byteLength);
     frame.set(payload, frame.byteLength - payload.byteLength);
-    this.ws.send(frame);
+    this.sendFrame(frame);
   }
 
-  /** Sends a prepared frame (the WebSocket copies it, so it may be reused). */
+  /** Sends a prepared frame (the WebSocket copies it, so it may be reused); DATA spends credit. */
   sendFrame(frame: Uint8Array): void {
+    if (this.framing === "credit" && frame[0] === AERO_DATA) {
+      const id = new DataView(frame.buffer, frame.byteOffset).getUint32(1);
+      this.#sendCredit.set(id, (this.#sendCredit.get(id) ?? 0) - (frame.byteLength - AERO_HEADER));
+    }
     this.ws.send(frame);
   }
 
   sendClose(id: number): void {
+    if (this.framing === "credit") {
+      const frame = aeroHeader(new Uint8Array(AERO_HEADER + 1), AERO_CLOSE, id);
+      frame[AERO_HEADER] = 0x01; // FIN: the relay answers CLOSE at the target's end
+      this.ws.send(frame);
+      return;
+    }
     if (this.framing === "wisp") {
       const frame = wispHeader(new Uint8Array(6), WISP_CLOSE, id);
       frame[5] = WISP_VOLUNTARY;

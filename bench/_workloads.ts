@@ -171,10 +171,11 @@ async function relayUpload(
   total: number,
   frameSize: number,
   window: number,
+  framing: Framing,
 ): Promise<Metrics> {
-  await using session = await MuxSession.connect(relay.port, BENCH_TOKEN);
+  await using session = await MuxSession.connect(relay.port, BENCH_TOKEN, framing);
   const id = 1;
-  const frame = dataFrame(id, frameSize);
+  const frame = session.dataFrame(id, frameSize);
   const dog = watchdog("relay upload");
   let acked = 0;
   let wake: (() => void) | undefined;
@@ -195,13 +196,15 @@ async function relayUpload(
   try {
     let sent = 0;
     for (let rounds = 0; acked < total && rounds < total; rounds++) {
-      while (sent < total && sent - acked + frameSize <= window) {
+      // Under the credit extension the relay's window paces the client; otherwise the sink's acknowledgements.
+      while (sent < total && sent - acked + frameSize <= window && session.sendCredit(id) >= frameSize) {
         session.sendFrame(frame);
         sent += frameSize;
       }
       const { promise, resolve } = Promise.withResolvers<void>();
       wake = resolve;
-      await Promise.race([promise, dog.failed]);
+      const credit = framing === "credit" ? session.creditChanged() : promise;
+      await Promise.race([promise, credit, dog.failed]);
       if (failure !== undefined) throw failure;
     }
   } finally {
@@ -219,10 +222,11 @@ export function upload(
   total: number,
   frameSize: number,
   window = UPLOAD_WINDOW,
+  framing: Framing = "seed",
 ) {
   return relay === undefined
     ? rawUpload(targets, total, frameSize)
-    : relayUpload(relay, targets, total, frameSize, window);
+    : relayUpload(relay, targets, total, frameSize, window, framing);
 }
 
 // --- W3 RTT, also used by W6 and W7 ---------------------------------------------------------------------

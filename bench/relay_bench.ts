@@ -6,7 +6,8 @@
  *
  * Options: `--quick` (smaller sizes), `--runs=N` (default 3), `--only=W1,W3`, `--out=FILE`,
  * `--profile=DIR` (V8 CPU profile of the subprocess relay), `--relay-env=NAME=VALUE` (repeatable, e.g.
- * watermarks), `--upload-window=KiB` (W2's unacknowledged bytes), `--relay-dir=DIR` (run the subprocess relay
+ * watermarks), `--upload-window=KiB` (W2's unacknowledged bytes), `--receive-window=KiB` (the credit
+ * extension's download window per stream in W6x, default 256), `--relay-dir=DIR` (run the subprocess relay
  * from another checkout, for A/B comparisons), `--deno-flag=FLAG` (repeatable, e.g. `--v8-flags=...` for the
  * subprocess relay), `--no-in-process`.
  * @module
@@ -15,6 +16,7 @@ import { parseArgs } from "node:util";
 import { cpuSecondsOf, delay, ownCpuSeconds, summarize, type Summary } from "./_measure.ts";
 import { BENCH_ENV, type RelayUnderTest, spawnRelay, startInProcessRelay } from "./_relay.ts";
 import { spawnTargets } from "./_targets.ts";
+import { MuxSession } from "./_client.ts";
 import {
   clientOrRawDownload,
   clientOrRawRtt,
@@ -53,6 +55,7 @@ const { values: flags } = parseArgs({
     "relay-env": { type: "string", multiple: true },
     "no-in-process": { type: "boolean", default: false },
     "upload-window": { type: "string" },
+    "receive-window": { type: "string" },
     "relay-dir": { type: "string" },
     "deno-flag": { type: "string", multiple: true },
   },
@@ -69,6 +72,13 @@ const sizes = {
   w6Pings: quick ? 1000 : 5000,
   w7Seconds: quick ? 1 : 3,
 };
+const receiveWindow = flags["receive-window"] === undefined
+  ? 256 * 1024
+  : Number(flags["receive-window"]) * 1024;
+if (!Number.isInteger(receiveWindow) || receiveWindow < 1024) {
+  throw new Error("--receive-window expects KiB, at least 1");
+}
+MuxSession.creditWindow = receiveWindow;
 const uploadWindow = flags["upload-window"] === undefined
   ? UPLOAD_WINDOW
   : Number(flags["upload-window"]) * 1024;
@@ -252,6 +262,22 @@ say(`relay env: ${Object.entries({ ...BENCH_ENV, ...relayEnv }).map(([k, v]) => 
       await subprocessOnly(
         "W6w",
         (r) => rttUnderDownload(r, apart, sizes.download, sizes.w6Pings, false, "wisp"),
+      );
+    }
+    if (wanted("Credit")) {
+      // aero-tcp-mux-v1 with the credit extension: B's pings beside A's download (each stream's window is
+      // --receive-window, default 256 KiB), and W2 paced by the relay's window alone (no application window).
+      await using echoProcess = await spawnTargets();
+      const apart: Targets = { ...targets, echo: echoProcess.ports.echo };
+      say(`W6x: W6 with the credit extension, receive window ${receiveWindow / 1024} KiB`);
+      await subprocessOnly(
+        "W6x",
+        (r) => rttUnderDownload(r, apart, sizes.download, sizes.w6Pings, false, "credit"),
+      );
+      say(`W2x: W2 (64 KiB frames) paced only by the relay's window`);
+      await subprocessOnly(
+        "W2x",
+        (r) => upload(r, targets, sizes.upload, 64 * 1024, Number.MAX_SAFE_INTEGER, "credit"),
       );
     }
     if (wanted("W5") && inproc !== undefined) {
@@ -444,6 +470,38 @@ const rows: Row[] = [
     target: { text: "<= 3 ms", check: (v) => v <= 3 },
   },
   { workload: "W6", what: "A download during W6", metric: "aMiBPerSec", unit: " MiB/s", ratio: true },
+  {
+    workload: "W6x",
+    what: "W6 with the credit extension, B p50",
+    metric: "p50Ms",
+    unit: " ms",
+    ratio: true,
+    target: { text: "<= 1 ms", check: (v) => v <= 1 },
+  },
+  {
+    workload: "W6x",
+    what: "W6 with the credit extension, B p99",
+    metric: "p99Ms",
+    unit: " ms",
+    ratio: true,
+    target: { text: "<= 5 ms", check: (v) => v <= 5 },
+  },
+  {
+    workload: "W6x",
+    what: "W6 with the credit extension, A download",
+    metric: "aMiBPerSec",
+    unit: " MiB/s",
+    ratio: true,
+    target: { text: ">= 0.35x", check: (_v, _r, x) => x !== undefined && x >= 0.35 },
+  },
+  {
+    workload: "W2x",
+    what: "W2 64 KiB frames paced by the relay's window",
+    metric: "mibPerSec",
+    unit: " MiB/s",
+    ratio: true,
+    target: { text: ">= 0.40x", check: (_v, _r, x) => x !== undefined && x >= 0.4 },
+  },
   { workload: "W1w", what: "W1 over Wisp v2", metric: "mibPerSec", unit: " MiB/s", ratio: true },
   { workload: "W3w", what: "W3 over Wisp v2, p50", metric: "p50Ms", unit: " ms", ratio: true },
   { workload: "W3w", what: "W3 over Wisp v2, p99", metric: "p99Ms", unit: " ms", ratio: true },
