@@ -130,3 +130,48 @@ export function startInProcessRelay(): RelayUnderTest {
     [Symbol.asyncDispose]: () => running.close(),
   };
 }
+
+/**
+ * Starts the minimal seed-framing relay (`bench/_minimal_relay.ts`, `Deno.serve` and nothing else) in a
+ * subprocess: the baseline that shows Deno's own ceiling beside ours in every run.
+ */
+export async function spawnMinimalRelay(): Promise<RelayUnderTest> {
+  const port = freePort();
+  const script = new URL("./_minimal_relay.ts", import.meta.url).pathname;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net=127.0.0.0/8", script, String(port)],
+    env: { NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "null",
+    stderr: "inherit",
+  }).spawn();
+  let exited = false;
+  const status = child.status.finally(() => exited = true);
+  for (let attempt = 0;; attempt++) {
+    if (exited) throw new Error("The minimal relay exited before listening");
+    if (attempt > 1000) {
+      child.kill("SIGKILL");
+      await status;
+      throw new Error("The minimal relay did not listen within 20 s");
+    }
+    try {
+      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+      break;
+    } catch {
+      await delay(20);
+    }
+  }
+  return {
+    kind: "subprocess",
+    port,
+    pid: child.pid,
+    rss: () => rssOf(child.pid),
+    cpuSeconds: () => cpuSecondsOf(child.pid),
+    async [Symbol.asyncDispose]() {
+      try {
+        child.kill("SIGTERM");
+      } catch { /* exited */ }
+      await status;
+    },
+  };
+}

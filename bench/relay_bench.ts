@@ -14,7 +14,13 @@
  */
 import { parseArgs } from "node:util";
 import { cpuSecondsOf, delay, ownCpuSeconds, summarize, type Summary } from "./_measure.ts";
-import { BENCH_ENV, type RelayUnderTest, spawnRelay, startInProcessRelay } from "./_relay.ts";
+import {
+  BENCH_ENV,
+  type RelayUnderTest,
+  spawnMinimalRelay,
+  spawnRelay,
+  startInProcessRelay,
+} from "./_relay.ts";
 import { spawnTargets } from "./_targets.ts";
 import { MuxSession } from "./_client.ts";
 import {
@@ -101,7 +107,7 @@ const spawnOptions = {
   denoFlags: flags["deno-flag"] ?? [],
 };
 
-type Variant = "raw" | "relay" | "inproc";
+type Variant = "raw" | "relay" | "inproc" | "minimal";
 /** Every measured value: workload -> variant -> metric -> one value per run. */
 const results: Record<string, Partial<Record<Variant | "cpu", Record<string, number[]>>>> = {};
 const failures: string[] = [];
@@ -112,6 +118,9 @@ function record(workload: string, variant: Variant | "cpu", metrics: Metrics): v
   const byMetric = byVariant[variant] ??= {};
   for (const [name, value] of Object.entries(metrics)) (byMetric[name] ??= []).push(value);
 }
+
+/** Workloads also run against the minimal relay (seed framing, no W5/W7 extras it does not have). */
+const BASELINED = new Set(["W1", "W3", "W4", "W6"]);
 
 function wanted(workload: string): boolean {
   return only === undefined || only.has(workload);
@@ -143,9 +152,12 @@ async function measure(
   const ownPct = (ownCpu / wall) * 100;
   const targetsPct = (targetsCpu / wall) * 100;
   record(workload, variant, metrics);
-  if (relay?.kind === "subprocess") {
+  if (variant === "minimal" && relay !== undefined) {
+    record(workload, "cpu", { minimalRelayCpuSeconds: (await relay.cpuSeconds()) - relay0 });
+  } else if (relay?.kind === "subprocess") {
     const relayCpu = (await relay.cpuSeconds()) - relay0;
     record(workload, "cpu", {
+      relayOnlyCpuSeconds: relayCpu,
       loadgenPct: ownPct,
       relayPct: (relayCpu / wall) * 100,
       targetsPct,
@@ -190,6 +202,8 @@ say(`relay env: ${Object.entries({ ...BENCH_ENV, ...relayEnv }).map(([k, v]) => 
   {
     await using relay = await spawnRelay(spawnOptions);
     await using inproc = flags["no-in-process"] ? undefined : startInProcessRelay();
+    // The baseline: the smallest relay Deno allows, measured on the same workloads (seed framing ones).
+    await using minimal = await spawnMinimalRelay();
     const withInProcess = async (
       workload: string,
       fn: (r: RelayUnderTest | undefined) => Promise<Metrics>,
@@ -198,6 +212,7 @@ say(`relay env: ${Object.entries({ ...BENCH_ENV, ...relayEnv }).map(([k, v]) => 
         await measure(workload, "raw", undefined, () => fn(undefined));
         await measure(workload, "relay", relay, () => fn(relay));
         if (inproc !== undefined) await measure(workload, "inproc", inproc, () => fn(inproc));
+        if (BASELINED.has(workload)) await measure(workload, "minimal", minimal, () => fn(minimal));
       }
     };
     const subprocessOnly = async (
@@ -207,6 +222,7 @@ say(`relay env: ${Object.entries({ ...BENCH_ENV, ...relayEnv }).map(([k, v]) => 
       for (let run = 1; run <= runs; run++) {
         await measure(workload, "raw", undefined, () => fn(undefined));
         await measure(workload, "relay", relay, () => fn(relay));
+        if (BASELINED.has(workload)) await measure(workload, "minimal", minimal, () => fn(minimal));
       }
     };
 
@@ -308,6 +324,10 @@ say(`relay env: ${Object.entries({ ...BENCH_ENV, ...relayEnv }).map(([k, v]) => 
         () => stalledClientMemory(relay, targets, sizes.download, sizes.stalledPauseMs),
       );
       await measure("W5-floor", "raw", undefined, () => socketFloor(targets, sizes.streams));
+      // The same idle streams through the minimal relay, also fresh: what any Deno relay pays per stream.
+      await using minimal = await spawnMinimalRelay();
+      await delay(300);
+      await measure("W5", "minimal", minimal, () => idleStreamsMemory(minimal, targets, sizes.streams));
     }
   }
 }
@@ -624,6 +644,30 @@ for (const workload of Object.keys(results)) {
   );
 }
 
+const baselineLines = [
+  "| Workload | What | relay (subprocess) | minimal relay | relay / minimal |",
+  "| -------- | ---- | -----------------: | ------------: | --------------: |",
+];
+for (const row of rows) {
+  const relay = get(row.workload, "relay", row.metric);
+  const minimal = get(row.workload, "minimal", row.metric);
+  if (relay === undefined || minimal === undefined) continue;
+  const ratio = minimal.median === 0 ? "" : `${(relay.median / minimal.median).toFixed(2)}x`;
+  baselineLines.push(
+    `| ${row.workload} | ${row.what} | ${show(relay, row.unit)} | ${show(minimal, row.unit)} | ${ratio} |`,
+  );
+}
+for (const workload of BASELINED) {
+  const ours = get(workload, "cpu", "relayOnlyCpuSeconds");
+  const theirs = get(workload, "cpu", "minimalRelayCpuSeconds");
+  if (ours === undefined || theirs === undefined) continue;
+  baselineLines.push(
+    `| ${workload} | relay process CPU seconds | ${show(ours, " s")} | ${show(theirs, " s")} | ${
+      theirs.median === 0 ? "" : `${(ours.median / theirs.median).toFixed(2)}x`
+    } |`,
+  );
+}
+
 const totalSeconds = (performance.now() - wallStart) / 1000;
 say();
 say(`Medians of ${runs} runs (min-max); ratios are relay median / raw TCP median from this run.`);
@@ -635,6 +679,11 @@ say(
 );
 say(cpuLines.join("\n"));
 say();
+if (baselineLines.length > 2) {
+  say("Beside the minimal Deno relay (bench/_minimal_relay.ts, seed framing, no limits), same runs:");
+  say(baselineLines.join("\n"));
+  say();
+}
 say(`Upload window: ${uploadWindow / 1024} KiB unacknowledged. Total time ${totalSeconds.toFixed(0)} s.`);
 if (failures.length > 0) say(`Failures:\n${failures.map((f) => `  - ${f}`).join("\n")}`);
 

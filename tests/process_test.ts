@@ -52,7 +52,12 @@ Deno.test("deno task start without a token generates one, prints the connect URL
 
 Deno.test("structured logs are JSON lines with session and stream events, and never the token", async () => {
   await using echo = startEchoServer();
-  await using relay = await spawnRelay({ AERO_PROXY_AUTH_TOKEN: TOKEN, AERO_PROXY_ALLOW_PRIVATE_IPS: "1" });
+  // Debug level: a stream that ends cleanly is logged there (errors are at info).
+  await using relay = await spawnRelay({
+    AERO_PROXY_AUTH_TOKEN: TOKEN,
+    AERO_PROXY_ALLOW_PRIVATE_IPS: "1",
+    AERO_PROXY_LOG_LEVEL: "debug",
+  });
   const forbidden = await fetch(`http://127.0.0.1:${relay.port}/tcp-mux?token=${TOKEN}x`);
   await forbidden.body?.cancel();
   assert.equal(forbidden.status, 403);

@@ -99,7 +99,16 @@ export class UdpStream implements SessionStream {
 
   start(_delayMs = 0): Promise<void> {
     // UDP bindings are not shaped by the OPEN rate's queue: the rate itself still admitted this one.
-    this.#task ??= this.#run();
+    this.#task ??= this.#run().catch((err: unknown) => {
+      // A bug ends this binding with an internal error, never the session or the relay.
+      logger.error("internal_error", {
+        event: "error",
+        sessionId: this.#host.sessionId,
+        streamId: this.id,
+        reason: err instanceof Error ? `${err.name}: ${err.message}` : String(err),
+      });
+      this.finish("internal_error", "Internal relay error");
+    });
     return this.#task;
   }
 
@@ -258,7 +267,8 @@ export class UdpStream implements SessionStream {
     this.#host.streamFinished(this);
     const durationMs = performance.now() - this.#startedAt;
     this.#host.observeStream(reason, this.#connectMs, durationMs);
-    logger.info("stream_close", {
+    const log = message === undefined ? logger.debug.bind(logger) : logger.info.bind(logger);
+    log("stream_close", {
       event: "stream_close",
       sessionId: this.#host.sessionId,
       streamId: this.id,

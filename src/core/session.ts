@@ -155,7 +155,9 @@ export class Session implements StreamHost, DatagramHost {
   readonly maxDatagramBytes: number;
   readonly datagramIdleMs: number;
   readonly #recent = new Set<number>();
-  readonly #tasks = new Set<Promise<void>>();
+  /** Stream tasks still running, and who waits for them all to settle. */
+  #running = 0;
+  #allSettled: PromiseWithResolvers<void> | undefined;
   /** Finished streams still draining their target after a client CLOSE (see `LINGER_MS`). */
   readonly #lingering = new Set<TcpStream>();
   readonly #openBucket: TokenBucket | undefined;
@@ -428,20 +430,27 @@ export class Session implements StreamHost, DatagramHost {
 
   /** Registers a new stream and starts it; a bug in it ends that stream, never the relay. */
   #track(stream: SessionStream, delayMs: number): void {
-    const id = stream.id;
-    this.#streams.set(id, stream);
+    this.#streams.set(stream.id, stream);
     this.#streamsOpened++;
     this.#metrics.streamsActive++;
     this.#metrics.streamsTotal++;
-    // A bug in a stream must end that stream with an internal error, never reject unhandled (which would stop
-    // the relay).
-    const task = stream.start(delayMs).catch((err: unknown) => {
-      this.#internalError(err, id);
-      stream.finish("internal_error", "Internal relay error");
-    });
-    this.#tasks.add(task);
-    void task.finally(() => this.#tasks.delete(task));
+    // Streams catch their own bugs (an internal error ends that stream only); this is a second net that must
+    // never let a rejection go unhandled, which would stop the relay. No per-stream closure: idle streams are many.
+    this.#running++;
+    stream.start(delayMs).then(this.#taskSettled, this.#taskFailed);
   }
+
+  #taskFailed = (err: unknown): void => {
+    this.#internalError(err, SESSION_ID);
+    this.#taskSettled();
+  };
+
+  #taskSettled = (): void => {
+    if (--this.#running === 0 && this.#allSettled !== undefined) {
+      this.#allSettled.resolve();
+      this.#allSettled = undefined;
+    }
+  };
 
   /** Resolves a stream's target; a denial is counted and logged like any policy denial. */
   async resolveTarget(target: Target, signal: AbortSignal): Promise<TargetResult> {
@@ -872,7 +881,8 @@ export class Session implements StreamHost, DatagramHost {
   }
 
   /** Resolves when every stream task of this session has settled. */
-  async settled(): Promise<void> {
-    while (this.#tasks.size > 0) await Promise.allSettled([...this.#tasks]);
+  settled(): Promise<void> {
+    if (this.#running === 0) return Promise.resolve();
+    return (this.#allSettled ??= Promise.withResolvers<void>()).promise;
   }
 }
