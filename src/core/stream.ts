@@ -656,7 +656,14 @@ export class TcpStream implements SessionStream {
     if (this.#head === this.#chunks.length) this.#progressAt = performance.now();
     let charged: number;
     const tail = this.#tail;
-    if (length <= SMALL_CHUNK && tail !== undefined && this.#tailUsed + length <= tail.byteLength) {
+    if (this.#head === this.#chunks.length) {
+      // Nothing waits: the chunk goes to the writer as it is (a copy into a tail buffer would only pay off
+      // for small chunks piling up behind a write in flight).
+      this.#tail = undefined;
+      this.#chunks.push(data);
+      charged = length + CHUNK_OVERHEAD;
+      this.#charges.push(charged);
+    } else if (length <= SMALL_CHUNK && tail !== undefined && this.#tailUsed + length <= tail.byteLength) {
       // Append to the tail chunk, already charged its capacity.
       tail.set(data, this.#tailUsed);
       const last = this.#chunks.length - 1;
