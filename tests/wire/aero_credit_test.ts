@@ -33,6 +33,7 @@ import {
   startStalledServer,
   startTcpServer,
   TOKEN,
+  waitUntil,
 } from "../_util.ts";
 import { AeroClient } from "./_aero_client.ts";
 
@@ -255,4 +256,47 @@ Deno.test("credit: fast-check over windows and chunkings: no overrun, no deadloc
     ),
     { numRuns: 12, seed: 20261201 },
   );
+});
+
+Deno.test("credit: windows to stalled targets cannot hold the relay-wide upload budget", async () => {
+  // Three 16 MiB windows against an 8 MiB budget for the whole relay (loopback kernel buffers take a few MiB
+  // per connection first): once it is spent, the stall rule applies to credit streams too, so another session's
+  // upload is not held up behind them.
+  await using relay = startCreditRelay({
+    creditWindowBytes: 16 * MIB,
+    sessionQueueBytes: 64 * MIB,
+    totalQueueBytes: 8 * MIB,
+    uploadStallMs: 300,
+  });
+  await using stalled = startStalledServer();
+  await using attacker = await AeroClient.connect(relay.port, [MUX_CREDIT_SUBPROTOCOL]);
+  const chunk = new Uint8Array(64 * KIB);
+  for (const id of [1, 3, 5]) {
+    attacker.send(encodeOpen(id, { host: "127.0.0.1", port: stalled.port }));
+    await attacker.next(isWindow(id), `the top-up of stream ${id}`);
+    for (let sent = 0; sent < 16 * MIB; sent += chunk.byteLength) attacker.send(encodeData(id, chunk));
+  }
+  assert.ok(
+    await waitUntil(() => relay.relay.metrics.backpressureErrors >= 1, { timeoutMs: 10_000 }),
+    `no stalled credit stream was ended (relay queue ${relay.relay.queue.used} bytes)`,
+  );
+  const error = await attacker.next((f) => f.type === MuxMsgType.ERROR, "ERROR 6", 5000);
+  assert.ok(error.type === MuxMsgType.ERROR && error.code === MuxErrorCode.STREAM_BUFFER_OVERFLOW);
+  // Another session uploads 8 MiB without a hitch.
+  await using sink = startSinkServer();
+  await using other = await AeroClient.connect(relay.port, [MUX_CREDIT_SUBPROTOCOL]);
+  other.send(encodeOpen(1, { host: "127.0.0.1", port: sink.port }));
+  let allowed = MUX_CREDIT_INITIAL_WINDOW;
+  let sent = 0;
+  while (sent < 8 * MIB) {
+    while (sent < 8 * MIB && sent + chunk.byteLength <= allowed) {
+      other.send(encodeData(1, chunk));
+      sent += chunk.byteLength;
+    }
+    const grant = await other.next(isWindow(1), "credit for the other session", 10_000);
+    assert.ok(grant.type === MuxMsgType.WINDOW);
+    allowed += grant.bytes;
+  }
+  other.send(encodeRawFrame({ type: MuxMsgType.CLOSE, streamId: 1 }, new Uint8Array([MuxCloseFlag.FIN])));
+  assert.equal((await sink.received).byteLength, 8 * MIB);
 });
