@@ -119,6 +119,8 @@ export interface Config {
   readonly wispPasswordAuth: boolean;
   /** Credit extension: bytes each stream's client may have in flight towards the relay (the upload window). */
   readonly creditWindowBytes: number;
+  /** `/udp` (Aero's UDP relay): the largest datagram payload either way. */
+  readonly udpRelayMaxPayloadBytes: number;
 }
 
 type Kind =
@@ -648,6 +650,16 @@ export const OPTIONS: readonly OptionSpec[] = [
     description:
       "Credit extension (aero-tcp-mux-v1-credit): bytes a stream's client may send ahead of its target (below 65536: the initial 64 KiB)",
     max: 0x7fff_ffff,
+  },
+  {
+    key: "udpRelayMaxPayloadBytes",
+    env: "AERO_PROXY_UDP_RELAY_MAX_PAYLOAD_BYTES",
+    flag: "udp-relay-max-payload-bytes",
+    kind: "count",
+    default: "1200",
+    description:
+      "/udp (Aero's UDP relay): largest datagram payload either way; larger ones are dropped and counted",
+    max: 65507,
   },
   {
     key: "wispBufferPackets",

@@ -33,6 +33,7 @@ import { AeroMuxWire } from "./wire/aero_mux_v1.ts";
 import { MUX_CREDIT_SUBPROTOCOL } from "./wire/aero_mux_v1_codec.ts";
 import { SeedWire } from "./wire/seed_v1.ts";
 import { parseWispRequest, WISP_PATH, WispWire } from "./wire/wisp.ts";
+import { AeroUdpWire, UDP_PATH, UDP_TARGET_ID } from "./wire/aero_udp.ts";
 import { AeroTcpWire, parseTcpTarget, TCP_PATH, TCP_STREAM_ID } from "./wire/aero_tcp.ts";
 
 const logger = getLogger(["aero-net-proxy", "server"]);
@@ -221,6 +222,7 @@ export class Relay {
     // --demo only: the browser demo page (src/demo/). Off by default.
     if (this.config.demo && isDemoPath(url.pathname)) return demoResponse(request, url);
     if (url.pathname.startsWith(WISP_PATH)) return this.#wispUpgrade(request, info, url);
+    if (url.pathname === UDP_PATH) return this.#udpUpgrade(request, info, url);
     if (url.pathname !== MUX_PATH && url.pathname !== TCP_PATH) {
       if (url.pathname === "/metrics") {
         const bearer = /^Bearer[ ]+(\S+)\s*$/i.exec(request.headers.get("authorization") ?? "")?.[1];
@@ -379,16 +381,8 @@ export class Relay {
       if (!(err instanceof HandshakeError)) throw err;
       return text(err.status, err.message, { ...err.headers });
     }
-    const checked = await this.#resolveTarget(target, AbortSignal.timeout(this.config.dnsTimeoutMs + 1000));
-    if (!checked.ok) {
-      if (checked.kind === "denied") {
-        Metrics.bump(this.metrics.policyDenied, checked.rule ?? "denied");
-        return text(403, `Forbidden: ${checked.reason}`);
-      }
-      if (checked.kind === "invalid") return text(400, `Bad Request: ${checked.reason}`);
-      return text(502, `Bad Gateway: cannot resolve ${target.host}: ${checked.reason}`);
-    }
-    const address = checked.addresses[0]!;
+    const address = await this.#checkTarget(target);
+    if (address instanceof Response) return address;
     return this.#startSession(
       request,
       info,
@@ -396,6 +390,95 @@ export class Relay {
       protocol,
       (session) => new AeroTcpWire(session),
       (session) => session.openChecked(TCP_STREAM_ID, address, target.port),
+    );
+  }
+
+  /**
+   * Resolves and checks a target named in a URL before the upgrade: the address to use, or the refusal as an
+   * HTTP status (403 policy, 400 invalid, 502 a name that does not resolve).
+   */
+  async #checkTarget(target: Target): Promise<string | Response> {
+    const checked = await this.#resolveTarget(target, AbortSignal.timeout(this.config.dnsTimeoutMs + 1000));
+    if (checked.ok) return checked.addresses[0]!;
+    if (checked.kind === "denied") {
+      Metrics.bump(this.metrics.policyDenied, checked.rule ?? "denied");
+      return text(403, `Forbidden: ${checked.reason}`);
+    }
+    if (checked.kind === "invalid") return text(400, `Bad Request: ${checked.reason}`);
+    return text(502, `Bad Gateway: cannot resolve ${target.host}: ${checked.reason}`);
+  }
+
+  /**
+   * `/udp`: Aero's UDP relay. With `host` and `port` (or `target`) in the URL, one binding to that target,
+   * checked before the upgrade like `/tcp`; without, the multiplexed v1/v2 frames. The token comes from
+   * `?token=`/`?apiKey=` (equal when both are given) or `Authorization: Bearer`; the multiplexed form also
+   * accepts it in a first `{"type":"auth"}` message.
+   */
+  async #udpUpgrade(request: Request, info: ConnInfo, url: URL): Promise<Response> {
+    const refused = this.#upgradeRefusal(request, info);
+    if (refused !== undefined) return refused;
+    const params = url.searchParams;
+    const fromQuery = params.get("token") || undefined;
+    const apiKey = params.get("apiKey") || undefined;
+    if (fromQuery !== undefined && apiKey !== undefined && fromQuery !== apiKey) {
+      return this.#authFailed(request, info, 403, "invalid (token and apiKey differ)");
+    }
+    const bearer = /^Bearer[ ]+(\S+)\s*$/i.exec(request.headers.get("authorization") ?? "")?.[1];
+    const token = fromQuery ?? apiKey ?? bearer;
+    if (token !== undefined && !this.#tokens.matches(token)) {
+      return this.#authFailed(request, info, 403, "invalid");
+    }
+    const perTarget = params.has("host") || params.has("port") || params.has("target");
+    if (perTarget && token === undefined) return this.#authFailed(request, info, 401, "missing");
+    if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
+      return text(426, "Upgrade Required: this endpoint speaks WebSocket", { upgrade: "websocket" });
+    }
+    const tokens = this.#tokens;
+    const config = this.config;
+    const limits = { maxDatagramBytes: config.udpRelayMaxPayloadBytes };
+    if (!perTarget) {
+      let wire: AeroUdpWire | undefined;
+      return this.#startSession(
+        request,
+        info,
+        "udp",
+        undefined,
+        (session) =>
+          wire = new AeroUdpWire(session, {
+            perTarget: false,
+            ...(token === undefined
+              ? {
+                auth: {
+                  check: (candidate: string) => tokens.matches(candidate),
+                  timeoutMs: config.headerTimeoutMs,
+                },
+              }
+              : {}),
+          }),
+        () => wire?.start(),
+        limits,
+      );
+    }
+    const target = parseTcpTarget(params);
+    if ("error" in target) return text(400, `Bad Request: ${target.error}`);
+    const capped = this.#capsRefusal(request, info);
+    if (capped !== undefined) return capped;
+    try {
+      checkUpgrade(request);
+    } catch (err: unknown) {
+      if (!(err instanceof HandshakeError)) throw err;
+      return text(err.status, err.message, { ...err.headers });
+    }
+    const address = await this.#checkTarget(target);
+    if (address instanceof Response) return address;
+    return this.#startSession(
+      request,
+      info,
+      "udp",
+      undefined,
+      (session) => new AeroUdpWire(session, { perTarget: true }),
+      (session) => session.openDatagram(UDP_TARGET_ID, address, target.port, false),
+      limits,
     );
   }
 
@@ -430,6 +513,7 @@ export class Relay {
     protocol: string | undefined,
     wire: (session: Session) => Wire,
     begin?: (session: Session) => void,
+    limits: { maxDatagramBytes?: number } = {},
   ): Response {
     const refused = this.#capsRefusal(request, info);
     if (refused !== undefined) return refused;
@@ -476,6 +560,7 @@ export class Relay {
       resolveTarget: this.#resolveTarget,
       wire,
       onClose: released,
+      ...limits,
     });
     this.#sessions.add(session);
     Metrics.bump(this.metrics.sessionsByProtocol, kind);

@@ -24,13 +24,21 @@ export const PENDING_DATAGRAMS = 16;
 export const PENDING_BYTES = 16 * 1024;
 
 /** Why a datagram was dropped; stable labels for the metrics. */
-export type DatagramDrop = "too_large" | "rate_limited" | "congested" | "not_ready" | "foreign_source";
+export type DatagramDrop =
+  | "too_large"
+  | "rate_limited"
+  | "congested"
+  | "not_ready"
+  | "foreign_source"
+  | "malformed"
+  | "refused";
 
 /** What a UDP binding needs from its session. */
 export interface DatagramHost {
   readonly sessionId: string;
   readonly sockets: SocketBudget | undefined;
-  readonly dataHeaderSize: number;
+  /** Bytes the wire puts in front of a datagram of binding `id` (they may differ per binding). */
+  datagramHeaderSize(id: number): number;
   /** True while the WebSocket send buffer is above the high watermark. */
   readonly congested: boolean;
   /** Largest datagram payload relayed either way. */
@@ -190,7 +198,7 @@ export class UdpStream implements SessionStream {
     if (host.congested) return host.datagramDropped("congested");
     if (!host.admitDatagram(bytes)) return host.datagramDropped("rate_limited");
     this.#lastActivity = performance.now();
-    const header = host.dataHeaderSize;
+    const header = host.datagramHeaderSize(this.id);
     const frame = new Uint8Array(header + bytes);
     frame.set(message, header);
     host.writeDataHeader(frame, this.id);

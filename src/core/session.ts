@@ -26,7 +26,8 @@ import type { Target, TargetResult } from "./target.ts";
 export interface FrameSocket {
   readonly bufferedAmount: number;
   readonly readyState: number;
-  send(data: Uint8Array): void;
+  /** Bytes go as a binary message, a string as a text message (control messages of some wires). */
+  send(data: Uint8Array | string): void;
   close(code?: number, reason?: string): void;
   /** Stops and restarts reading from the client (the transport's TCP backpressure). */
   pause(): void;
@@ -87,6 +88,8 @@ export interface Wire {
    * For wires that grant the client credit as the queue drains.
    */
   uploadProgress?(id: number, queuedBytes: number, bytesToTarget: number): void;
+  /** Bytes in front of a datagram of UDP binding `id`, where they differ per binding (default: dataHeaderSize). */
+  datagramHeaderSize?(id: number): number;
   /** An OPEN was refused before it became a stream. */
   openRefused(id: number, refusal: Refusal, message: string): void;
   /** The transport found a rule broken at the WebSocket level and is about to close with `code`. */
@@ -126,6 +129,8 @@ export interface SessionDeps {
   readonly assembly?: QueueBudget;
   /** Called once when the session ends, before its socket has necessarily finished closing. */
   readonly onClose?: () => void;
+  /** Largest datagram payload of this session's UDP bindings; default `config.udpMaxDatagramBytes`. */
+  readonly maxDatagramBytes?: number;
 }
 
 const logger = getLogger(["aero-net-proxy", "session"]);
@@ -214,7 +219,7 @@ export class Session implements StreamHost, DatagramHost {
     this.#uplinkBucket = config.clientBytesPerSec > 0
       ? new TokenBucket(config.clientBytesPerSec, config.clientBytesPerSec)
       : undefined;
-    this.maxDatagramBytes = config.udpMaxDatagramBytes;
+    this.maxDatagramBytes = deps.maxDatagramBytes ?? config.udpMaxDatagramBytes;
     this.datagramIdleMs = config.udpIdleMs;
     this.#datagramBucket = config.udpDatagramsPerSec > 0
       ? new TokenBucket(config.udpDatagramsPerSec, config.udpDatagramsPerSec)
@@ -354,7 +359,7 @@ export class Session implements StreamHost, DatagramHost {
    * Opens a UDP binding `id` to `host:port` (a name or an address as text), resolved and checked like a TCP
    * target; refused with `policy_denied` when the operator turned UDP off, `rate_limited` past the bindings cap.
    */
-  openDatagram(id: number, host: string, port: number): void {
+  openDatagram(id: number, host: string, port: number, resolve = true): void {
     const { config } = this.#deps;
     if (!config.allowUdp) {
       if (this.#closed || this.#streams.has(id)) return;
@@ -374,7 +379,7 @@ export class Session implements StreamHost, DatagramHost {
     }
     if (!this.#admit(id)) return;
     this.#recent.delete(id);
-    const stream = new UdpStream(this, id, { host, port, resolve: true });
+    const stream = new UdpStream(this, id, { host, port, resolve });
     this.#datagramStreams++;
     this.#metrics.udpBindingsActive++;
     this.#track(stream, 0);
@@ -733,7 +738,9 @@ export class Session implements StreamHost, DatagramHost {
     for (const stream of [...this.#streams.values()]) {
       // A credit stream waits for its target as TCP would: the client cannot send past its window. Unless the
       // relay-wide budget is spent: then windows to stalled targets would hold every other session's uploads.
-      if (stream instanceof TcpStream && stream.creditControlled && !(this.#deps.queue?.over ?? false)) continue;
+      if (stream instanceof TcpStream && stream.creditControlled && !(this.#deps.queue?.over ?? false)) {
+        continue;
+      }
       if (stream.stalledFor(now) >= stallMs) {
         const message = `Target ${stream.destination} is not reading fast enough: it accepted no data for ` +
           `${stallMs} ms while the upload queues were full`;
@@ -763,6 +770,14 @@ export class Session implements StreamHost, DatagramHost {
 
   writeDataHeader(frame: Uint8Array, id: number): void {
     this.#wire.writeDataHeader(frame, id);
+  }
+
+  /** A text message (a wire's control message); counted like any message to the client. */
+  sendText(text: string): void {
+    if (this.#closed || this.#socket.readyState !== OPEN) return;
+    this.#socket.send(text);
+    this.#metrics.framesToClient++;
+    this.#metrics.bytesToClient += text.length;
   }
 
   streamOpened(stream: SessionStream): void {
@@ -796,6 +811,10 @@ export class Session implements StreamHost, DatagramHost {
   }
 
   // --- DatagramHost ----------------------------------------------------------------------------------
+
+  datagramHeaderSize(id: number): number {
+    return this.#wire.datagramHeaderSize?.(id) ?? this.dataHeaderSize;
+  }
 
   admitDatagram(bytes: number): boolean {
     if (this.#datagramBucket !== undefined && this.#datagramBucket.waitFor(1) > 0) return false;

@@ -13,7 +13,7 @@ function recordingHost(sockets = socketBudget(4)): DatagramHost & { readonly eve
     events,
     sessionId: "s-test",
     sockets,
-    dataHeaderSize: 0,
+    datagramHeaderSize: () => 0,
     congested: false,
     maxDatagramBytes: 8192,
     datagramIdleMs: 60_000,
