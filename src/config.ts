@@ -121,6 +121,10 @@ export interface Config {
   readonly creditWindowBytes: number;
   /** `/udp` (Aero's UDP relay): the largest datagram payload either way. */
   readonly udpRelayMaxPayloadBytes: number;
+  /** DoH: queries per second per client IP (a burst of twice that); 0 = unlimited. */
+  readonly dohQueriesPerSec: number;
+  /** DoH: how long answers are cached, and the TTL they carry. */
+  readonly dohTtlSeconds: number;
 }
 
 type Kind =
@@ -660,6 +664,24 @@ export const OPTIONS: readonly OptionSpec[] = [
     description:
       "/udp (Aero's UDP relay): largest datagram payload either way; larger ones are dropped and counted",
     max: 65507,
+  },
+  {
+    key: "dohQueriesPerSec",
+    env: "AERO_PROXY_DOH_QUERIES_PER_SEC",
+    flag: "doh-queries-per-sec",
+    kind: "rate",
+    default: "50",
+    description:
+      "DoH (/dns-query, /dns-json): queries per second per client IP, a burst of twice that (0 = unlimited)",
+  },
+  {
+    key: "dohTtlSeconds",
+    env: "AERO_PROXY_DOH_TTL_SECONDS",
+    flag: "doh-ttl-seconds",
+    kind: "count",
+    default: "30",
+    description: "DoH: how long answers are cached, and the TTL they carry",
+    max: 86_400,
   },
   {
     key: "wispBufferPackets",

@@ -73,6 +73,10 @@ export class Metrics {
   readonly datagramsDropped = new Map<string, number>();
   /** Wisp CLOSE packets sent, by reason name. */
   readonly wispClosesSent = new Map<string, number>();
+  /** DoH queries answered, by outcome (NOERROR, NXDOMAIN, FORMERR, SERVFAIL, NOTIMP, rate_limited). */
+  readonly dohQueries = new Map<string, number>();
+  /** Addresses left out of DoH answers because the relay would not dial them. */
+  dohAddressesFiltered = 0;
   /** Sessions accepted, by protocol (seed, aero-tcp-mux-v1, tcp, wisp-v1, wisp-v2). */
   readonly sessionsByProtocol = new Map<string, number>();
   /** Live figures read at scrape time (set by the relay that owns the listener and the budgets). */
@@ -287,6 +291,12 @@ export class Metrics {
       "Wisp CLOSE packets sent, by reason",
       "reason",
       m.wispClosesSent,
+    );
+    labelled("aero_proxy_doh_queries_total", "DNS-over-HTTPS queries, by outcome", "outcome", m.dohQueries);
+    counter(
+      "aero_proxy_doh_addresses_filtered_total",
+      "Addresses left out of DoH answers by the destination policy",
+      () => m.dohAddressesFiltered,
     );
     labelled(
       "aero_proxy_sessions_by_protocol_total",

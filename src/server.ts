@@ -34,6 +34,14 @@ import { MUX_CREDIT_SUBPROTOCOL } from "./wire/aero_mux_v1_codec.ts";
 import { SeedWire } from "./wire/seed_v1.ts";
 import { parseWispRequest, WISP_PATH, WispWire } from "./wire/wisp.ts";
 import { AeroUdpWire, UDP_PATH, UDP_TARGET_ID } from "./wire/aero_udp.ts";
+import {
+  Doh,
+  DOH_JSON_PATH,
+  DOH_PATH,
+  type DohResolver,
+  jsonResponse,
+  systemDohResolver,
+} from "./doh/doh.ts";
 import { AeroTcpWire, parseTcpTarget, TCP_PATH, TCP_STREAM_ID } from "./wire/aero_tcp.ts";
 
 const logger = getLogger(["aero-net-proxy", "server"]);
@@ -56,6 +64,11 @@ export interface RelayDeps {
   readonly resolve?: Resolver;
   /** The socket budget; default: `config.maxSockets`, or a fixed fallback when that is auto. */
   readonly sockets?: SocketBudget;
+  /**
+   * Resolves names for DoH, one family at a time; default: the system resolver. When only `resolve` is given
+   * (tests), DoH asks it too and keeps the answers of the family asked for.
+   */
+  readonly dohResolve?: DohResolver;
 }
 
 /**
@@ -140,6 +153,7 @@ export class Relay {
   /** Bytes of WebSocket messages still arriving, across all sessions (a budget of its own, the same size). */
   readonly #assembly: QueueBudget;
   #draining = false;
+  readonly #doh: Doh;
 
   constructor(config: Config, deps: RelayDeps = {}) {
     this.config = config;
@@ -160,6 +174,17 @@ export class Relay {
     this.#sockets = deps.sockets ?? socketBudget(socketLimitFor(config, undefined));
     this.#queue = new QueueBudget(config.totalQueueBytes);
     this.#assembly = new QueueBudget(config.totalQueueBytes);
+    const seam = deps.resolve;
+    this.#doh = new Doh({
+      policy: this.#policy,
+      resolve: deps.dohResolve ??
+        (seam === undefined ? systemDohResolver : (name, _family, signal) => seam(name, signal)),
+      timeoutMs: config.dnsTimeoutMs,
+      ttlSeconds: config.dohTtlSeconds,
+      queriesPerSec: config.dohQueriesPerSec,
+      onQuery: (outcome) => Metrics.bump(this.metrics.dohQueries, outcome),
+      onFiltered: (count) => this.metrics.dohAddressesFiltered += count,
+    });
   }
 
   /** The budget of sockets shared by client and target connections. */
@@ -223,6 +248,9 @@ export class Relay {
     if (this.config.demo && isDemoPath(url.pathname)) return demoResponse(request, url);
     if (url.pathname.startsWith(WISP_PATH)) return this.#wispUpgrade(request, info, url);
     if (url.pathname === UDP_PATH) return this.#udpUpgrade(request, info, url);
+    if (url.pathname === DOH_PATH || url.pathname === DOH_JSON_PATH) {
+      return this.#dohRequest(request, info, url);
+    }
     if (url.pathname !== MUX_PATH && url.pathname !== TCP_PATH) {
       if (url.pathname === "/metrics") {
         const bearer = /^Bearer[ ]+(\S+)\s*$/i.exec(request.headers.get("authorization") ?? "")?.[1];
@@ -480,6 +508,59 @@ export class Relay {
       (session) => session.openDatagram(UDP_TARGET_ID, address, target.port, false),
       limits,
     );
+  }
+
+  /**
+   * `/dns-query` and `/dns-json`: CORS for allowed origins only (with preflight, which carries no token), then
+   * the token (`?token=` or Bearer), then the client's query rate, then the answer.
+   */
+  async #dohRequest(request: Request, info: ConnInfo, url: URL): Promise<Response> {
+    const origin = request.headers.get("origin");
+    const originAllowed = origin === null || this.#allowAnyOrigin || this.#origins.has(origin);
+    const cors: Record<string, string> = origin !== null && originAllowed
+      ? { "access-control-allow-origin": origin, "vary": "origin" }
+      : {};
+    const withCors = (response: Response) => {
+      for (const [name, value] of Object.entries(cors)) response.headers.set(name, value);
+      return response;
+    };
+    if (!originAllowed) {
+      Metrics.bump(this.metrics.rejectedUpgrades, "origin_not_allowed");
+      return jsonResponse(403, { error: "origin_not_allowed", message: "this origin is not allowed" });
+    }
+    if (request.method === "OPTIONS") {
+      return new Response(null, {
+        status: 204,
+        headers: {
+          ...cors,
+          "access-control-allow-methods": "GET, POST, OPTIONS",
+          "access-control-allow-headers": "accept, authorization, content-type",
+          "access-control-max-age": "600",
+        },
+      });
+    }
+    if (this.#draining) {
+      return withCors(jsonResponse(503, { error: "draining", message: "the relay is shutting down" }));
+    }
+    const bearer = /^Bearer[ ]+(\S+)\s*$/i.exec(request.headers.get("authorization") ?? "")?.[1];
+    const token = url.searchParams.get("token") || bearer;
+    if (token === undefined) {
+      this.metrics.authFailures++;
+      this.#logRejection("auth_failed", request, info, "token missing (DoH)");
+      return withCors(jsonResponse(401, { error: "unauthorized", message: "a token is required" }));
+    }
+    if (!this.#tokens.matches(token)) {
+      this.metrics.authFailures++;
+      this.#logRejection("auth_failed", request, info, "token invalid (DoH)");
+      return withCors(jsonResponse(403, { error: "forbidden", message: "the token is not valid" }));
+    }
+    const limited = !this.#doh.admit(this.#clientIp(request, info));
+    const response = url.pathname === DOH_PATH
+      ? await this.#doh.query(request, url, limited)
+      : request.method === "GET"
+      ? await this.#doh.json(url, limited)
+      : new Response("Method Not Allowed\n", { status: 405, headers: { allow: "GET, OPTIONS" } });
+    return withCors(response);
   }
 
   /** The refusal for a new session over a cap (or while draining), if any. */

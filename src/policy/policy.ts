@@ -253,6 +253,8 @@ export type Policy = (ip: readonly number[], port: number) => Decision;
 export interface AddressPolicy extends Policy {
   /** The port rules alone, so that a caller can refuse a port before it resolves a name. */
   readonly judgePort: (port: number) => Decision;
+  /** The address rules alone (DNS answers have no port): whether the relay would dial `ip` at all. */
+  readonly judgeIp: (ip: readonly number[]) => Decision;
 }
 
 interface CompiledCidrs {
@@ -368,6 +370,17 @@ export function createPolicy(options: PolicyOptions): AddressPolicy {
     const dst = formatDestination(ip, port);
     const portDecision = judgePort(port, dst);
     if (!portDecision.allowed) return portDecision;
+    return judgeIp(ip, dst);
+  };
+
+  const judgeIp = (ip: readonly number[], dst = formatAddress(ip)): Decision => {
+    if (!isByteArray(ip)) {
+      return {
+        allowed: false,
+        rule: "invalid_address",
+        reason: `Destination denied: an address must be 4 or 16 bytes, got ${ip.length}`,
+      };
+    }
     const denied = covering(deny, ip);
     if (denied !== undefined) {
       return {
@@ -386,7 +399,10 @@ export function createPolicy(options: PolicyOptions): AddressPolicy {
       reason: `Destination ${dst} denied: ${range} is not public`,
     };
   };
-  return Object.assign(policy, { judgePort: (port: number) => judgePort(port) });
+  return Object.assign(policy, {
+    judgePort: (port: number) => judgePort(port),
+    judgeIp: (ip: readonly number[]) => judgeIp(ip),
+  });
 }
 
 /**

@@ -46,6 +46,11 @@ export interface ListenOptions {
   readonly headerTimeoutMs: number;
   readonly maxHeaderBytes: number;
   readonly maxUrlLength: number;
+  /**
+   * Largest request body read (sent with `Content-Length`; chunked bodies get 411). Over it: 413. Bodies count
+   * against the header deadline too. Default 16 KiB (the relay's only bodies are DNS messages).
+   */
+  readonly maxBodyBytes?: number;
   /** A connection was refused or dropped before its request was answered. */
   readonly onRefused?: (kind: ConnectionRefusal, ip: string) => void;
   /** `accept` failed (for example: out of descriptors); the loop retries after a backoff. */
@@ -289,8 +294,9 @@ export function listen(options: ListenOptions): Listener {
     let upgraded = false;
     try {
       const head = await readHead(conn, options.maxHeaderBytes);
-      clearTimeout(timer);
       if (timedOut) return;
+      // The deadline runs on through a body (cleared below); refusals of the head itself stop it now.
+      if (head === "too_large" || head === null) clearTimeout(timer);
       if (head === "too_large") {
         await refuse(conn, ip, "header_too_large", plainResponse(431, "Request Header Fields Too Large"));
         return;
@@ -305,6 +311,33 @@ export function listen(options: ListenOptions): Listener {
         await answerAndClose(conn, plainResponse(err.status, err.message));
         return;
       }
+      // A body (POST /dns-query) is read whole, bounded, before the handler sees the request, within the same
+      // deadline as the head.
+      let body: Uint8Array<ArrayBuffer> | undefined;
+      const declared = parsed.headers.get("content-length");
+      if (parsed.headers.has("transfer-encoding")) {
+        await answerAndClose(conn, plainResponse(411, "Length Required: send the body with Content-Length"));
+        return;
+      }
+      if (declared !== null) {
+        const length = /^\d{1,15}$/.test(declared.trim()) ? Number(declared.trim()) : NaN;
+        if (!Number.isSafeInteger(length)) {
+          options.onRefused?.("bad_request", ip);
+          await answerAndClose(conn, plainResponse(400, "Bad Request: malformed Content-Length"));
+          return;
+        }
+        if (length > (options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES)) {
+          await answerAndClose(conn, plainResponse(413, "Content Too Large"));
+          return;
+        }
+        if (length > 0) {
+          const read = await readBody(conn, head.rest, length);
+          if (read === null || timedOut) return;
+          body = read.body;
+          head.rest = read.rest;
+        }
+      }
+      clearTimeout(timer);
       const host = parsed.headers.get("host");
       const base = host !== null && /^[A-Za-z0-9.\-:[\]]+$/.test(host)
         ? `http://${host}`
@@ -314,6 +347,7 @@ export function listen(options: ListenOptions): Listener {
         request = new Request(new URL(parsed.target, base), {
           method: parsed.method,
           headers: parsed.headers,
+          ...(body === undefined || parsed.method === "GET" || parsed.method === "HEAD" ? {} : { body }),
         });
       } catch {
         options.onRefused?.("bad_request", ip);
@@ -463,6 +497,26 @@ async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
  * Reads up to the end of the request head. Returns the head and any bytes after it, `"too_large"` past the
  * cap, or null if the client closed first.
  */
+/** Default of {@linkcode ListenOptions.maxBodyBytes}. */
+const DEFAULT_MAX_BODY_BYTES = 16 * 1024;
+
+/** Reads a body of `length` bytes, starting with what came after the head; null if the peer went away. */
+async function readBody(
+  conn: Deno.Conn,
+  already: Uint8Array,
+  length: number,
+): Promise<{ body: Uint8Array<ArrayBuffer>; rest: Uint8Array } | null> {
+  const body = new Uint8Array(length);
+  const first = Math.min(length, already.byteLength);
+  body.set(already.subarray(0, first));
+  for (let filled = first; filled < length;) {
+    const n = await conn.read(body.subarray(filled));
+    if (n === null) return null;
+    filled += n;
+  }
+  return { body, rest: already.slice(first) };
+}
+
 async function readHead(
   conn: Deno.Conn,
   maxBytes: number,
