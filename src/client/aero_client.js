@@ -682,7 +682,7 @@ var RelayClient = class {
     this.#sendHighWaterMark = positive("sendHighWaterMark", options.sendHighWaterMark, DEFAULTS.sendHighWaterMark);
     this.#readableHighWaterMark = positive("readableHighWaterMark", options.readableHighWaterMark, DEFAULTS.readableHighWaterMark);
     this.#readableMaxBytes = positive("readableMaxBytes", options.readableMaxBytes, DEFAULTS.readableMaxBytes);
-    this.#receiveWindow = positive("receiveWindow", options.receiveWindow, DEFAULTS.receiveWindow);
+    this.#receiveWindow = Math.max(MUX_CREDIT_INITIAL_WINDOW, positive("receiveWindow", options.receiveWindow, DEFAULTS.receiveWindow));
     if (this.#receiveWindow > 2147483647) {
       throw new RangeError("Cannot create RelayClient: receiveWindow is at most 2147483647");
     }
@@ -924,6 +924,7 @@ var StreamCore = class {
   #readableController;
   #writableController;
   #readableDone = false;
+  #writableAborting = false;
   // Credit extension (all in DATA payload bytes).
   /** What the relay may still send us: our grants less what has arrived. */
   #receiveCredit;
@@ -1089,6 +1090,12 @@ var StreamCore = class {
     return new WritableStream({
       start: (controller) => {
         this.#writableController = controller;
+        controller.signal.addEventListener("abort", () => {
+          this.#writableAborting = true;
+          this.reset(controller.signal.reason);
+        }, {
+          once: true
+        });
       },
       write: (chunk) => this.write(chunk),
       // Half-close: the relay writes what was sent, then the target gets a FIN and may still answer.
@@ -1109,7 +1116,7 @@ var StreamCore = class {
       this.#readableDone = true;
       this.#readableController?.error(err);
     }
-    this.#writableController?.error(err);
+    if (!this.#writableAborting) this.#writableController?.error(err);
     this.#closed.reject(err);
   }
 };

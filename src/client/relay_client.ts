@@ -74,7 +74,8 @@ export interface RelayClientOptions {
   /**
    * Credit extension: bytes the relay may send a stream ahead of its reader. Smaller keeps other streams'
    * replies from waiting behind a bulk download (at 256 KiB a 64-byte reply waits about 1 ms on loopback);
-   * larger lets one stream go faster.
+   * larger lets one stream go faster. At least 65536, the window every stream starts with (smaller values
+   * are raised to it).
    * @default {262144}
    */
   readonly receiveWindow?: number;
@@ -258,7 +259,11 @@ export class RelayClient implements AsyncDisposable {
       DEFAULTS.readableMaxBytes,
     );
 
-    this.#receiveWindow = positive("receiveWindow", options.receiveWindow, DEFAULTS.receiveWindow);
+    // The relay starts every stream at the initial window, so a smaller one could not be kept: it is the floor.
+    this.#receiveWindow = Math.max(
+      MUX_CREDIT_INITIAL_WINDOW,
+      positive("receiveWindow", options.receiveWindow, DEFAULTS.receiveWindow),
+    );
     if (this.#receiveWindow > 0x7fff_ffff) {
       throw new RangeError("Cannot create RelayClient: receiveWindow is at most 2147483647");
     }
@@ -525,6 +530,7 @@ class StreamCore {
   #readableController: ReadableStreamDefaultController<Uint8Array> | undefined;
   #writableController: WritableStreamDefaultController | undefined;
   #readableDone = false;
+  #writableAborting = false;
   // Credit extension (all in DATA payload bytes).
   /** What the relay may still send us: our grants less what has arrived. */
   #receiveCredit: number;
@@ -713,6 +719,13 @@ class StreamCore {
     return new WritableStream<Uint8Array>({
       start: (controller) => {
         this.#writableController = controller;
+        // An abort waits for the write in progress, which may wait for credit a stalled target never gives:
+        // reset at once, which fails that write.
+        controller.signal.addEventListener("abort", () => {
+          // The writable is erroring with the abort's reason already: erroring it again would reject abort().
+          this.#writableAborting = true;
+          this.reset(controller.signal.reason);
+        }, { once: true });
       },
       write: (chunk) => this.write(chunk),
       // Half-close: the relay writes what was sent, then the target gets a FIN and may still answer.
@@ -734,7 +747,7 @@ class StreamCore {
       this.#readableDone = true;
       this.#readableController?.error(err);
     }
-    this.#writableController?.error(err);
+    if (!this.#writableAborting) this.#writableController?.error(err);
     this.#closed.reject(err);
   }
 }

@@ -736,11 +736,10 @@ export class Session implements StreamHost, DatagramHost {
     const now = performance.now();
     const stallMs = this.#deps.config.uploadStallMs;
     for (const stream of [...this.#streams.values()]) {
-      // A credit stream waits for its target as TCP would: the client cannot send past its window. Unless the
-      // relay-wide budget is spent: then windows to stalled targets would hold every other session's uploads.
-      if (stream instanceof TcpStream && stream.creditControlled && !(this.#deps.queue?.over ?? false)) {
-        continue;
-      }
+      // A credit stream waits for its target as TCP would, and its wire keeps the session's windows within the
+      // session budget. This runs only while the session is paused all the same (the initial windows of very many
+      // streams) or the relay-wide budget is spent: then the stall rule applies to credit streams too, so that
+      // windows to stalled targets cannot hold the session's other streams, or every other session's uploads.
       if (stream.stalledFor(now) >= stallMs) {
         const message = `Target ${stream.destination} is not reading fast enough: it accepted no data for ` +
           `${stallMs} ms while the upload queues were full`;

@@ -653,6 +653,9 @@ export class TcpStream implements SessionStream {
     if (this.#closed || this.#clientClosed) return;
     const length = data.byteLength;
     if (length === 0) return;
+    // A view keeps its whole message alive: one much smaller than its buffer (a frame packed with others into
+    // one message) is copied, so that what the queue is charged is what it holds.
+    if (length * 2 < data.buffer.byteLength) data = data.slice();
     if (this.#head === this.#chunks.length) this.#progressAt = performance.now();
     let charged: number;
     const tail = this.#tail;

@@ -73,6 +73,8 @@ export class AeroMuxWire implements Wire {
   /** Credit extension: the relay's upload window per stream; undefined for plain aero-tcp-mux-v1. */
   readonly #uploadWindow: number | undefined;
   readonly #uploads = new Map<number, UploadCredit>();
+  /** Upload credit held by the client or queued, over every stream: kept within the session's queue budget. */
+  #outstanding = 0;
 
   /**
    * @param maxPayloadBytes largest frame payload (a header announcing more closes the session)
@@ -130,9 +132,16 @@ export class AeroMuxWire implements Wire {
           // up to its configured window at once (no round trip before a large upload can start).
           const upload: UploadCredit = { received: 0, allowed: MUX_CREDIT_INITIAL_WINDOW, returned: 0 };
           this.#uploads.set(id, upload);
+          this.#outstanding += MUX_CREDIT_INITIAL_WINDOW;
           session.openTarget(id, frame.host, frame.port, { downloadCredit: MUX_CREDIT_INITIAL_WINDOW });
-          if (session.hasStream(id) && window > MUX_CREDIT_INITIAL_WINDOW) {
-            this.#grant(id, upload, window - MUX_CREDIT_INITIAL_WINDOW);
+          // The top-up is at most what is left of the session's budget: all the windows together can then be
+          // queued without pausing the session (only the initial windows of very many streams could).
+          // (A quarter of the budget stays free for the bookkeeping each queued chunk is charged.)
+          const budget = Math.floor(session.sessionQueueBytes * 0.75);
+          const topUp = Math.min(window - MUX_CREDIT_INITIAL_WINDOW, budget - this.#outstanding);
+          if (session.hasStream(id) && topUp > 0) {
+            this.#outstanding += topUp;
+            this.#grant(id, upload, topUp);
           }
           continue;
         }
@@ -206,6 +215,15 @@ export class AeroMuxWire implements Wire {
     this.#grant(id, upload, owed);
   }
 
+  /** Forgets a stream's upload credit; what it held no longer counts against the session. */
+  #dropUpload(id: number): void {
+    const upload = this.#uploads.get(id);
+    if (upload === undefined) return;
+    this.#uploads.delete(id);
+    // Held: granted in all, less what has been written (credit given back was granted again one for one).
+    this.#outstanding -= upload.allowed - upload.returned;
+  }
+
   #grant(id: number, upload: UploadCredit, bytes: number): void {
     upload.allowed += bytes;
     this.#session.sendFrame(encodeWindow(id, bytes));
@@ -217,7 +235,7 @@ export class AeroMuxWire implements Wire {
   }
 
   streamEnding(id: number, reason: CloseReason, message: string | undefined): void {
-    this.#uploads.delete(id);
+    this.#dropUpload(id);
     // After CLOSE FIN the client considers the stream over: a late error would be a second terminal frame.
     if (this.#finSent.delete(id)) return;
     if (message !== undefined) {
@@ -229,7 +247,7 @@ export class AeroMuxWire implements Wire {
   }
 
   openRefused(id: number, refusal: Refusal, message: string): void {
-    this.#uploads.delete(id);
+    this.#dropUpload(id);
     this.#error(id, REFUSAL_CODES[refusal], message);
   }
 

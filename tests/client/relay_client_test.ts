@@ -561,3 +561,27 @@ Deno.test("credit extension: a 64-byte echo beside a bulk download on the same s
   replies.releaseLock();
   await ping.closed;
 });
+
+Deno.test("credit extension: writable.abort() while a write waits for credit resets the stream at once", async () => {
+  await using stalled = startStalledServer();
+  await using relay = startRelay({ creditWindowBytes: 256 * 1024 });
+  await using client = clientFor(relay.port);
+  const stream = await client.connect("127.0.0.1", stalled.port);
+  const writer = stream.writable.getWriter();
+  const writing = writer.write(new Uint8Array(64 * MIB));
+  writing.catch(() => {});
+  await delay(500);
+  await withTimeout(writer.abort(new Error("giving up")), 2000, "writer.abort()");
+  assert.ok((await rejection(writing)) !== undefined);
+  await waitUntil("the relay to drop the stream", () => relay.relay.metrics.streamsActive === 0);
+});
+
+Deno.test("credit extension: a receiveWindow under 64 KiB is raised to it, and downloads still work", async () => {
+  await using source = startSourceServer(256 * 1024, 12);
+  await using relay = startRelay();
+  await using client = clientFor(relay.port, { receiveWindow: 16 * 1024 });
+  const stream = await client.connect("127.0.0.1", source.port);
+  const data = await withTimeout(readAll(stream.readable), 10_000, "the download");
+  assert.equal(data.byteLength, 256 * 1024);
+  assert.equal(sha256Hex(data), patternDigest(256 * 1024, 12));
+});

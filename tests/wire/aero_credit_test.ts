@@ -12,6 +12,7 @@ import { type RunningRelay, serveRelay } from "../../src/server.ts";
 import {
   encodeData,
   encodeOpen,
+  encodePing,
   encodeRawFrame,
   encodeWindow,
   MUX_CREDIT_INITIAL_WINDOW,
@@ -28,6 +29,7 @@ import {
   patternDigest,
   PatternStream,
   sha256Hex,
+  startEchoServer,
   startSinkServer,
   startSourceServer,
   startStalledServer,
@@ -299,4 +301,65 @@ Deno.test("credit: windows to stalled targets cannot hold the relay-wide upload 
   }
   other.send(encodeRawFrame({ type: MuxMsgType.CLOSE, streamId: 1 }, new Uint8Array([MuxCloseFlag.FIN])));
   assert.equal((await sink.received).byteLength, 8 * MIB);
+});
+
+Deno.test("credit: uploads to stalled targets past the session budget never freeze the session", async () => {
+  // Four streams' windows against a 512 KiB session budget: the relay grants top-ups only within the budget,
+  // and if the queues still pause the session the stall rule ends the stalled streams; a PING always gets its
+  // PONG and a fresh stream still works.
+  await using relay = startCreditRelay({
+    creditWindowBytes: 256 * KIB,
+    sessionQueueBytes: 512 * KIB,
+    uploadStallMs: 200,
+  });
+  await using stalled = startStalledServer();
+  await using echo = startEchoServer();
+  await using client = await AeroClient.connect(relay.port, [MUX_CREDIT_SUBPROTOCOL]);
+  const chunk = new Uint8Array(16 * KIB);
+  let granted = 0;
+  for (const id of [1, 3, 5, 7]) {
+    client.send(encodeOpen(id, { host: "127.0.0.1", port: stalled.port }));
+    await delay(20);
+    let allowed = MUX_CREDIT_INITIAL_WINDOW;
+    for (const frame of client.frames.filter(isWindow(id))) {
+      allowed += frame.type === MuxMsgType.WINDOW ? frame.bytes : 0;
+    }
+    granted += allowed;
+    for (let sent = 0; sent + chunk.byteLength <= allowed; sent += chunk.byteLength) {
+      client.send(encodeData(id, chunk));
+    }
+  }
+  assert.ok(
+    granted <= 512 * KIB + 4 * MUX_CREDIT_INITIAL_WINDOW,
+    `the relay granted ${granted} bytes in all`,
+  );
+  client.send(encodePing(0, new Uint8Array([1, 2, 3])));
+  const pong = await client.next((f) => f.type === MuxMsgType.PONG, "the PONG", 5000);
+  assert.equal(pong.streamId, 0);
+  client.send(
+    encodeOpen(9, { host: "127.0.0.1", port: echo.port }),
+    encodeData(9, new TextEncoder().encode("hi")),
+  );
+  const data = await client.next(isData(9), "the echo on a fresh stream", 5000);
+  assert.ok(data.type === MuxMsgType.DATA && new TextDecoder().decode(data.data) === "hi");
+});
+
+Deno.test("credit: initial windows of many streams past the session budget: the stall rule frees the session", async () => {
+  // Every stream starts with 64 KiB of credit, which no top-up cap can take back: eight of them exceed a
+  // 256 KiB budget. On loopback the stalled targets' kernel buffers may take those bytes before the queues
+  // pause the session; if they do not, the stall rule ends the stalled credit streams (ERROR 6). Either way
+  // the session must go on answering.
+  await using relay = startCreditRelay({ sessionQueueBytes: 256 * KIB, uploadStallMs: 200 });
+  await using stalled = startStalledServer();
+  await using client = await AeroClient.connect(relay.port, [MUX_CREDIT_SUBPROTOCOL]);
+  const chunk = new Uint8Array(16 * KIB);
+  for (let id = 1; id <= 15; id += 2) {
+    client.send(encodeOpen(id, { host: "127.0.0.1", port: stalled.port }));
+    for (let sent = 0; sent < MUX_CREDIT_INITIAL_WINDOW; sent += chunk.byteLength) {
+      client.send(encodeData(id, chunk));
+    }
+  }
+  client.send(encodePing(0, new Uint8Array([9])));
+  const pong = await client.next((f) => f.type === MuxMsgType.PONG, "the PONG", 5000);
+  assert.equal(pong.streamId, 0);
 });
