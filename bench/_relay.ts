@@ -41,6 +41,31 @@ function freePort(): number {
   return port;
 }
 
+/**
+ * Waits (at most 20 s) until something accepts connections on `port`; throws (after `giveUp`) if the process
+ * exits first or never listens.
+ */
+async function waitForListen(
+  port: number,
+  exited: () => boolean,
+  giveUp: () => Promise<void>,
+): Promise<void> {
+  const started = performance.now();
+  for (let attempt = 0;; attempt++) {
+    if (exited()) throw new Error(`The process on port ${port} exited before listening`);
+    if (performance.now() - started > 20_000 || attempt > 2000) {
+      await giveUp();
+      throw new Error(`Nothing listened on port ${port} within 20 s`);
+    }
+    try {
+      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+      return;
+    } catch {
+      await delay(20);
+    }
+  }
+}
+
 /** Options for a subprocess relay. */
 export interface SpawnOptions {
   /** Extra `AERO_PROXY_*` variables (e.g. watermarks), on top of {@linkcode BENCH_ENV}. */
@@ -80,22 +105,10 @@ export async function spawnRelay(options: SpawnOptions = {}): Promise<RelayUnder
       child.kill(signal);
     } catch { /* already exited */ }
   };
-  const started = performance.now();
-  for (let attempt = 0;; attempt++) {
-    if (exited) throw new Error(`The relay exited before listening (code ${(await status).code})`);
-    if (performance.now() - started > 20_000 || attempt > 2000) {
-      kill("SIGKILL");
-      await status;
-      throw new Error("The relay did not listen within 20 s");
-    }
-    try {
-      const probe = await Deno.connect({ hostname: "127.0.0.1", port });
-      probe.close();
-      break;
-    } catch {
-      await delay(20);
-    }
-  }
+  await waitForListen(port, () => exited, async () => {
+    kill("SIGKILL");
+    await status;
+  });
   return {
     kind: "subprocess",
     port,
@@ -147,20 +160,10 @@ export async function spawnMinimalRelay(): Promise<RelayUnderTest> {
   }).spawn();
   let exited = false;
   const status = child.status.finally(() => exited = true);
-  for (let attempt = 0;; attempt++) {
-    if (exited) throw new Error("The minimal relay exited before listening");
-    if (attempt > 1000) {
-      child.kill("SIGKILL");
-      await status;
-      throw new Error("The minimal relay did not listen within 20 s");
-    }
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      break;
-    } catch {
-      await delay(20);
-    }
-  }
+  await waitForListen(port, () => exited, async () => {
+    child.kill("SIGKILL");
+    await status;
+  });
   return {
     kind: "subprocess",
     port,

@@ -398,9 +398,31 @@ export class Relay {
     url: URL,
     protocol: string | undefined,
   ): Promise<Response> {
-    const target = parseTcpTarget(url.searchParams);
+    const checked = await this.#urlTarget(request, info, url.searchParams);
+    if (checked instanceof Response) return checked;
+    const { target, address } = checked;
+    return this.#startSession(
+      request,
+      info,
+      "tcp",
+      protocol,
+      (session) => new AeroTcpWire(session),
+      (session) => session.openChecked(TCP_STREAM_ID, address, target.port),
+    );
+  }
+
+  /**
+   * A target named in the URL (`/tcp`, `/udp?host=`), checked before the upgrade with everything cheap first
+   * (a request that could not become a session never costs a name lookup): the target and the address to
+   * dial, or the refusal as an HTTP status.
+   */
+  async #urlTarget(
+    request: Request,
+    info: ConnInfo,
+    params: URLSearchParams,
+  ): Promise<{ target: Target; address: string } | Response> {
+    const target = parseTcpTarget(params);
     if ("error" in target) return text(400, `Bad Request: ${target.error}`);
-    // Everything cheap first: a request that could not become a session never costs a name lookup.
     const refused = this.#capsRefusal(request, info);
     if (refused !== undefined) return refused;
     try {
@@ -410,15 +432,7 @@ export class Relay {
       return text(err.status, err.message, { ...err.headers });
     }
     const address = await this.#checkTarget(target);
-    if (address instanceof Response) return address;
-    return this.#startSession(
-      request,
-      info,
-      "tcp",
-      protocol,
-      (session) => new AeroTcpWire(session),
-      (session) => session.openChecked(TCP_STREAM_ID, address, target.port),
-    );
+    return address instanceof Response ? address : { target, address };
   }
 
   /**
@@ -487,18 +501,9 @@ export class Relay {
         limits,
       );
     }
-    const target = parseTcpTarget(params);
-    if ("error" in target) return text(400, `Bad Request: ${target.error}`);
-    const capped = this.#capsRefusal(request, info);
-    if (capped !== undefined) return capped;
-    try {
-      checkUpgrade(request);
-    } catch (err: unknown) {
-      if (!(err instanceof HandshakeError)) throw err;
-      return text(err.status, err.message, { ...err.headers });
-    }
-    const address = await this.#checkTarget(target);
-    if (address instanceof Response) return address;
+    const checked = await this.#urlTarget(request, info, params);
+    if (checked instanceof Response) return checked;
+    const { target, address } = checked;
     return this.#startSession(
       request,
       info,
