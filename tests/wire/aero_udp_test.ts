@@ -9,7 +9,7 @@ import { defaultConfig } from "../../src/config.ts";
 import { type RunningRelay, serveRelay } from "../../src/server.ts";
 import { decodeUdpFrame, encodeUdpFrame, ipToText } from "../../src/wire/aero_udp_codec.ts";
 import { delay, TOKEN, waitUntil, withTimeout } from "../_util.ts";
-import { RawClient, upgradeRequest } from "../transport/_frames.ts";
+import { frame, RawClient, upgradeRequest } from "../transport/_frames.ts";
 import { startUdpEcho } from "./_udp.ts";
 
 function startUdpRelay(overrides: Record<string, unknown> = {}): RunningRelay {
@@ -233,4 +233,43 @@ Deno.test("/udp policy and inbound filter: denied remotes dropped, replies only 
     }),
   );
   assert.equal(echo.received, 2, "the denied datagram reached the target");
+});
+
+Deno.test("/udp congestion: datagrams for a client that stops reading are dropped and counted, never queued", async () => {
+  // A target that answers each datagram with a burst of 2,000 (2.4 MB), and a client that never reads.
+  const burst = dgram.createSocket("udp4");
+  await new Promise<void>((resolve) => burst.bind(0, "127.0.0.1", resolve));
+  const reply = new Uint8Array(1200);
+  burst.on("message", (_message, remote) => {
+    for (let i = 0; i < 2000; i++) burst.send(reply, remote.port, remote.address);
+  });
+  try {
+    await using relay = startUdpRelay({ udpDatagramsPerSec: 0, udpBytesPerSec: 0 });
+    const { client } = await RawClient.upgrade(relay.port, `/udp?token=${TOKEN}`);
+    try {
+      const request = encodeUdpFrame({
+        version: 1,
+        guestPort: 9,
+        remoteIp: loopback4,
+        remotePort: burst.address().port,
+        payload: bytes("go"),
+      });
+      for (let round = 0; round < 8; round++) {
+        await client.write(frame.binary(request));
+        await delay(50);
+      }
+      assert.ok(
+        await waitUntil(() => (relay.relay.metrics.datagramsDropped.get("congested") ?? 0) > 0, {
+          timeoutMs: 5000,
+        }),
+        `no datagram was dropped for congestion (relayed ${relay.relay.metrics.datagramsFromTargets})`,
+      );
+      // What waits for the client is bounded by the send buffer's mark, not by what the target sent.
+      assert.ok(relay.relay.metrics.datagramsFromTargets < 8 * 2000);
+    } finally {
+      await client.close();
+    }
+  } finally {
+    await new Promise<void>((resolve) => burst.close(() => resolve()));
+  }
 });
