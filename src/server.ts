@@ -34,14 +34,7 @@ import { MUX_CREDIT_SUBPROTOCOL } from "./wire/aero_mux_v1_codec.ts";
 import { SeedWire } from "./wire/seed_v1.ts";
 import { parseWispRequest, WISP_PATH, WispWire } from "./wire/wisp.ts";
 import { AeroUdpWire, UDP_PATH, UDP_TARGET_ID } from "./wire/aero_udp.ts";
-import {
-  Doh,
-  DOH_JSON_PATH,
-  DOH_PATH,
-  type DohResolver,
-  jsonResponse,
-  systemDohResolver,
-} from "./doh/doh.ts";
+import { Doh, DOH_JSON_PATH, DOH_PATH, jsonResponse } from "./doh/doh.ts";
 import { AeroTcpWire, parseTcpTarget, TCP_PATH, TCP_STREAM_ID } from "./wire/aero_tcp.ts";
 
 const logger = getLogger(["aero-net-proxy", "server"]);
@@ -53,6 +46,13 @@ const logger = getLogger(["aero-net-proxy", "server"]);
 const CLOSE_HANDSHAKE_MS = 2000;
 /** Name lookups that may run at once across the relay (each holds a blocking thread until it answers). */
 const MAX_LOOKUPS = 128;
+/**
+ * Sessions that are open but not yet authenticated (multiplexed `/udp` waiting for its auth message, Wisp v2
+ * waiting for its password), in total and per client IP: a client without a token can hold no more than this
+ * (each for at most the header deadline), so it cannot fill the relay's session slots.
+ */
+const MAX_UNAUTHENTICATED = 256;
+const MAX_UNAUTHENTICATED_PER_IP = 8;
 /** Socket budget when the open-file limit is unknown (and in tests that start relays in-process). */
 const FALLBACK_MAX_SOCKETS = 4096;
 
@@ -64,11 +64,6 @@ export interface RelayDeps {
   readonly resolve?: Resolver;
   /** The socket budget; default: `config.maxSockets`, or a fixed fallback when that is auto. */
   readonly sockets?: SocketBudget;
-  /**
-   * Resolves names for DoH, one family at a time; default: the system resolver. When only `resolve` is given
-   * (tests), DoH asks it too and keeps the answers of the family asked for.
-   */
-  readonly dohResolve?: DohResolver;
 }
 
 /**
@@ -154,6 +149,8 @@ export class Relay {
   readonly #assembly: QueueBudget;
   #draining = false;
   readonly #doh: Doh;
+  #unauthenticated = 0;
+  readonly #unauthenticatedPerIp = new Map<string, number>();
 
   constructor(config: Config, deps: RelayDeps = {}) {
     this.config = config;
@@ -161,9 +158,10 @@ export class Relay {
     this.#tokens = new TokenSet(config.authTokens);
     this.#policy = createPolicy(config);
     this.#lookups = limitLookups(deps.resolve ?? systemResolver, MAX_LOOKUPS);
+    const hostPolicy = createHostPolicy(config);
     const targetDeps = {
       addressPolicy: this.#policy,
-      hostPolicy: createHostPolicy(config),
+      hostPolicy,
       resolve: this.#lookups,
       timeoutMs: config.dnsTimeoutMs,
     };
@@ -174,11 +172,13 @@ export class Relay {
     this.#sockets = deps.sockets ?? socketBudget(socketLimitFor(config, undefined));
     this.#queue = new QueueBudget(config.totalQueueBytes);
     this.#assembly = new QueueBudget(config.totalQueueBytes);
-    const seam = deps.resolve;
+    // DoH resolves through the same capped lookups as stream targets: no client can hold more of the
+    // resolver's threads through DoH than through OPENs.
+    const lookups = this.#lookups;
     this.#doh = new Doh({
       policy: this.#policy,
-      resolve: deps.dohResolve ??
-        (seam === undefined ? systemDohResolver : (name, _family, signal) => seam(name, signal)),
+      hostPolicy,
+      resolve: (name, _family, signal) => lookups(name, signal),
       timeoutMs: config.dnsTimeoutMs,
       ttlSeconds: config.dohTtlSeconds,
       queriesPerSec: config.dohQueriesPerSec,
@@ -340,14 +340,16 @@ export class Relay {
     const fromHeaders = tokenFromRequest(new URL("http://relay/"), request.headers);
     const candidates = fromHeaders === undefined ? parsed.tokens : [fromHeaders, ...parsed.tokens];
     const tokens = this.#tokens;
-    let password: { required: boolean; check(password: string): boolean } | undefined;
+    let password: { required: boolean; check(password: string): boolean; settled?(): void } | undefined;
     if (candidates.length > 0) {
       // Every candidate is checked (digests, constant time each), so which one matched does not leak by timing.
       let valid = false;
       for (const candidate of candidates) valid = tokens.matches(candidate) || valid;
       if (!valid) return this.#authFailed(request, info, 403, "invalid");
     } else if (v2 && this.config.wispPasswordAuth) {
-      password = { required: true, check: (candidate) => tokens.matches(candidate) };
+      const release = this.#holdUnauthenticated(request, info);
+      if (release instanceof Response) return release;
+      password = { required: true, check: (candidate) => tokens.matches(candidate), settled: release };
     } else {
       return this.#authFailed(request, info, 401, "missing");
     }
@@ -372,6 +374,29 @@ export class Relay {
         }),
       () => wire?.start(),
     );
+  }
+
+  /**
+   * A place among the sessions still to authenticate, for a client without a token: a function that gives it
+   * back (once; call it when the session authenticates or ends), or the refusal when the pool is full.
+   */
+  #holdUnauthenticated(request: Request, info: ConnInfo): (() => void) | Response {
+    const ip = this.#clientIp(request, info);
+    if (this.#unauthenticated >= MAX_UNAUTHENTICATED) {
+      return this.#refuse(request, info, 503, "unauthenticated_total", { "retry-after": "5" });
+    }
+    if ((this.#unauthenticatedPerIp.get(ip) ?? 0) >= MAX_UNAUTHENTICATED_PER_IP) {
+      return this.#refuse(request, info, 429, "unauthenticated_per_ip", { "retry-after": "5" });
+    }
+    this.#unauthenticated++;
+    bumpCount(this.#unauthenticatedPerIp, ip, 1);
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      this.#unauthenticated--;
+      bumpCount(this.#unauthenticatedPerIp, ip, -1);
+    };
   }
 
   /** The checks every WebSocket endpoint makes first, from the request line and headers: method, drain, Origin. */
@@ -467,11 +492,10 @@ export class Relay {
     }
     const bearer = /^Bearer[ ]+(\S+)\s*$/i.exec(request.headers.get("authorization") ?? "")?.[1];
     const token = fromQuery ?? apiKey ?? bearer;
-    if (token !== undefined && !this.#tokens.matches(token)) {
-      return this.#authFailed(request, info, 403, "invalid");
-    }
+    const valid = token !== undefined && this.#tokens.matches(token);
     const perTarget = params.has("host") || params.has("port") || params.has("target");
     if (perTarget && token === undefined) return this.#authFailed(request, info, 401, "missing");
+    if (perTarget && !valid) return this.#authFailed(request, info, 403, "invalid");
     if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
       return text(426, "Upgrade Required: this endpoint speaks WebSocket", { upgrade: "websocket" });
     }
@@ -479,6 +503,22 @@ export class Relay {
     const config = this.config;
     const limits = { maxDatagramBytes: config.udpRelayMaxPayloadBytes };
     if (!perTarget) {
+      // Multiplexed: without a valid token the session opens all the same, as the spec has it (Aero's client
+      // authenticates with its first message, or hears {"type":"error","code":"unauthorized"} and 1008), but
+      // only within the pool of sessions still to authenticate.
+      let auth:
+        | { check(token: string): boolean; timeoutMs: number; rejected?: string; settled(): void }
+        | undefined;
+      if (!valid) {
+        const release = this.#holdUnauthenticated(request, info);
+        if (release instanceof Response) return release;
+        auth = {
+          check: (candidate: string) => tokens.matches(candidate),
+          timeoutMs: config.headerTimeoutMs,
+          settled: release,
+          ...(token === undefined ? {} : { rejected: "the token is not valid" }),
+        };
+      }
       let wire: AeroUdpWire | undefined;
       return this.#startSession(
         request,
@@ -486,17 +526,7 @@ export class Relay {
         "udp",
         undefined,
         (session) =>
-          wire = new AeroUdpWire(session, {
-            perTarget: false,
-            ...(token === undefined
-              ? {
-                auth: {
-                  check: (candidate: string) => tokens.matches(candidate),
-                  timeoutMs: config.headerTimeoutMs,
-                },
-              }
-              : {}),
-          }),
+          wire = new AeroUdpWire(session, { perTarget: false, ...(auth === undefined ? {} : { auth }) }),
         () => wire?.start(),
         limits,
       );
@@ -548,7 +578,10 @@ export class Relay {
       return withCors(jsonResponse(503, { error: "draining", message: "the relay is shutting down" }));
     }
     const bearer = /^Bearer[ ]+(\S+)\s*$/i.exec(request.headers.get("authorization") ?? "")?.[1];
-    const token = url.searchParams.get("token") || bearer;
+    // Aero's gateway authenticates DoH with its `aero_session` cookie: a page on the relay's origin can set it
+    // to the token, so that Aero's client works unchanged.
+    const cookie = /(?:^|;\s*)aero_session=([^;\s]+)/.exec(request.headers.get("cookie") ?? "")?.[1];
+    const token = url.searchParams.get("token") || bearer || cookie;
     if (token === undefined) {
       this.metrics.authFailures++;
       this.#logRejection("auth_failed", request, info, "token missing (DoH)");

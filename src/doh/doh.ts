@@ -13,8 +13,8 @@
  */
 // @ts-types="@types/dns-packet"
 import dnsPacket from "dns-packet";
-import dns from "node:dns/promises";
 import { Buffer } from "node:buffer";
+import type { HostPolicy } from "../policy/hosts.ts";
 import type { AddressPolicy } from "../policy/policy.ts";
 import { parseAddress } from "../policy/policy.ts";
 import { TokenBucket } from "../rate_limit.ts";
@@ -43,26 +43,11 @@ export type DohResolver = (name: string, family: 4 | 6, signal: AbortSignal) => 
 /** CNAME targets of `name`, when the resolver can tell (the system resolver cannot, through getaddrinfo). */
 export type CnameResolver = (name: string, signal: AbortSignal) => Promise<string[]>;
 
-/** The system resolver (getaddrinfo, so /etc/hosts and the host's DNS), one family at a time. */
-export const systemDohResolver: DohResolver = async (name, family, signal) => {
-  signal.throwIfAborted();
-  // RFC 6761: localhost is the loopback address, whatever the host's resolver says.
-  const lower = name.toLowerCase();
-  if (lower === "localhost" || lower.endsWith(".localhost")) return [family === 4 ? "127.0.0.1" : "::1"];
-  try {
-    const answers = await dns.lookup(name, { family, all: true, verbatim: true });
-    return answers.map((answer) => answer.address);
-  } catch (err: unknown) {
-    const code = (err as { code?: unknown } | null)?.code;
-    if (code === "ENODATA") return [];
-    if (code === "ENOTFOUND") throw new Deno.errors.NotFound(`no such name ${JSON.stringify(name)}`);
-    throw err;
-  }
-};
-
 /** What the DoH endpoints need. */
 export interface DohOptions {
   readonly policy: AddressPolicy;
+  /** The host name rules (`ALLOW_HOSTS`, `DENY_HOSTS`): a name the relay would not dial is not resolved. */
+  readonly hostPolicy: HostPolicy;
   readonly resolve: DohResolver;
   readonly resolveCname?: CnameResolver;
   readonly timeoutMs: number;
@@ -132,7 +117,7 @@ export class Doh {
         return this.#formerr(415, 0, "expected application/dns-message");
       }
       bytes = new Uint8Array(await request.arrayBuffer());
-      if (bytes.byteLength > DOH_MAX_QUERY_BYTES) return this.#formerr(413, 0, "query too large");
+      if (bytes.byteLength > DOH_MAX_QUERY_BYTES) return this.#formerr(413, idOf(bytes), "query too large");
     } else {
       return new Response("Method Not Allowed\n", { status: 405, headers: { allow: "GET, POST, OPTIONS" } });
     }
@@ -140,11 +125,7 @@ export class Doh {
     try {
       packet = dnsPacket.decode(Buffer.from(bytes));
     } catch {
-      return this.#formerr(
-        400,
-        bytes.byteLength >= 2 ? (bytes[0]! << 8) | bytes[1]! : 0,
-        "malformed DNS message",
-      );
+      return this.#formerr(400, idOf(bytes), "malformed DNS message");
     }
     const id = packet.id ?? 0;
     if (packet.type !== "query" || (packet.questions?.length ?? 0) !== 1) {
@@ -221,6 +202,10 @@ export class Doh {
 
   async #lookup(name: string, type: string): Promise<Answer> {
     const { timeoutMs, ttlSeconds } = this.#options;
+    // A name the relay would refuse to dial is answered like one whose addresses are all refused.
+    if (!this.#options.hostPolicy(name.replace(/\.$/, "").toLowerCase(), "name").allowed) {
+      return { rcode: RCODE.NOERROR, records: [] };
+    }
     const signal = AbortSignal.timeout(timeoutMs);
     let found: string[];
     try {
@@ -232,7 +217,7 @@ export class Doh {
         new Promise<never>((_, reject) => signal.addEventListener("abort", () => reject(signal.reason))),
       ]);
     } catch (err: unknown) {
-      if (err instanceof Deno.errors.NotFound) return { rcode: RCODE.NXDOMAIN, records: [] };
+      if (isNoSuchName(err)) return { rcode: RCODE.NXDOMAIN, records: [] };
       return { rcode: RCODE.SERVFAIL, records: [] };
     }
     if (type === "CNAME") {
@@ -285,12 +270,24 @@ export class Doh {
   }
 }
 
+/** Whether a resolver's failure means the name does not exist (rather than that the lookup failed). */
+function isNoSuchName(err: unknown): boolean {
+  if (err instanceof Deno.errors.NotFound) return true;
+  const failure = err as { cause?: { code?: unknown }; code?: unknown } | null;
+  return failure?.code === "ENOTFOUND" || failure?.cause?.code === "ENOTFOUND";
+}
+
 /** A JSON response (errors, and `/dns-json` answers). */
 export function jsonResponse(status: number, body: unknown, type = "application/json"): Response {
   return new Response(`${JSON.stringify(body)}\n`, {
     status,
     headers: { "content-type": type, "cache-control": "no-store" },
   });
+}
+
+/** The id a DNS message starts with (0 when it is too short to have one). */
+function idOf(bytes: Uint8Array): number {
+  return bytes.byteLength >= 2 ? (bytes[0]! << 8) | bytes[1]! : 0;
 }
 
 /** base64url without padding (RFC 8484 4.1), or undefined for anything else. */

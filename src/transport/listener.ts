@@ -48,7 +48,7 @@ export interface ListenOptions {
   readonly maxUrlLength: number;
   /**
    * Largest request body read (sent with `Content-Length`; chunked bodies get 411). Over it: 413. Bodies count
-   * against the header deadline too. Default 16 KiB (the relay's only bodies are DNS messages).
+   * against the header deadline too. Default 64 KiB (the relay's only bodies are DNS messages, at most 65,535 bytes).
    */
   readonly maxBodyBytes?: number;
   /** A connection was refused or dropped before its request was answered. */
@@ -498,7 +498,7 @@ async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
  * cap, or null if the client closed first.
  */
 /** Default of {@linkcode ListenOptions.maxBodyBytes}. */
-const DEFAULT_MAX_BODY_BYTES = 16 * 1024;
+const DEFAULT_MAX_BODY_BYTES = 64 * 1024;
 
 /** Reads a body of `length` bytes, starting with what came after the head; null if the peer went away. */
 async function readBody(

@@ -27,8 +27,17 @@ export const UDP_TARGET_ID = 1;
 export interface AeroUdpOptions {
   /** Per-target form: the binding is opened by the server after the upgrade; no control messages. */
   readonly perTarget: boolean;
-  /** Multiplexed form without a token on the upgrade: the first message must authenticate with one `check` accepts. */
-  readonly auth?: { check(token: string): boolean; readonly timeoutMs: number };
+  /**
+   * Multiplexed form without a valid token on the upgrade: the first message must authenticate with one `check`
+   * accepts (or, with `rejected`, the session is refused at once, as the upgrade's token was wrong). `settled`
+   * is called once the session has authenticated or ended.
+   */
+  readonly auth?: {
+    check(token: string): boolean;
+    readonly timeoutMs: number;
+    readonly rejected?: string;
+    settled(): void;
+  };
 }
 
 /** One binding of the multiplexed form. */
@@ -67,6 +76,10 @@ export class AeroUdpWire implements Wire {
       return;
     }
     const auth = this.#options.auth!;
+    if (auth.rejected !== undefined) {
+      this.#unauthorized(auth.rejected);
+      return;
+    }
     this.#authTimer = setTimeout(() => {
       this.#authTimer = undefined;
       if (!this.#authenticated) this.#unauthorized(`no auth message within ${auth.timeoutMs} ms`);
@@ -157,6 +170,7 @@ export class AeroUdpWire implements Wire {
     this.#authenticated = true;
     if (this.#authTimer !== undefined) clearTimeout(this.#authTimer);
     this.#authTimer = undefined;
+    this.#options.auth!.settled();
     this.#ready();
   }
 
@@ -205,5 +219,6 @@ export class AeroUdpWire implements Wire {
   sessionClosed(): void {
     if (this.#authTimer !== undefined) clearTimeout(this.#authTimer);
     this.#authTimer = undefined;
+    this.#options.auth?.settled();
   }
 }

@@ -83,7 +83,7 @@ export interface WispOptions {
    * v2 password authentication: offered when set. `required` when the upgrade carried no token, and then the
    * client's INFO must carry a password that `check` accepts.
    */
-  readonly password?: { readonly required: boolean; check(password: string): boolean };
+  readonly password?: { readonly required: boolean; check(password: string): boolean; settled?(): void };
   /** How long the client has to answer the v2 INFO (0 = no limit). */
   readonly handshakeTimeoutMs: number;
   /** Called once the handshake is through (v1: at once; v2: after the client's INFO). */
@@ -151,6 +151,7 @@ export class WispWire implements Wire {
   #ready(): void {
     this.#phase = "open";
     this.#stopHandshakeTimer();
+    this.#options.password?.settled?.();
     this.#session.sendFrame(encodeWispContinue(WISP_HANDSHAKE_STREAM_ID, this.#options.bufferPackets));
     this.#options.onReady?.();
   }
@@ -335,6 +336,7 @@ export class WispWire implements Wire {
 
   sessionClosed(): void {
     this.#stopHandshakeTimer();
+    this.#options.password?.settled?.();
   }
 
   /** A packet that breaks a stream: CLOSE with `reason`, and the stream (if live) is dropped. */

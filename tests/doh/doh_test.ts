@@ -10,7 +10,7 @@ import dnsPacket from "dns-packet";
 import { defaultConfig } from "../../src/config.ts";
 import type { Resolver } from "../../src/core/target.ts";
 import { type RunningRelay, serveRelay } from "../../src/server.ts";
-import { TOKEN } from "../_util.ts";
+import { delay, TOKEN } from "../_util.ts";
 
 function startDohRelay(overrides: Record<string, unknown> = {}, resolve?: Resolver): RunningRelay {
   return serveRelay(
@@ -175,4 +175,49 @@ Deno.test("DoH CORS: preflight and answers for allowed origins only; the rate pe
   assert.equal(limited.packet.rcode, "SERVFAIL");
   assert.equal(limited.packet.id, 99);
   assert.equal(relay.relay.metrics.dohQueries.get("rate_limited"), 1);
+});
+
+Deno.test("DoH shares the relay's cap on lookups in flight, honours the host rules, reads the aero_session cookie", async () => {
+  const pending: (() => void)[] = [];
+  // Names under stuck.test never answer until the end of the test; secret.test would answer, but is denied.
+  const resolve: Resolver = (name) =>
+    name.endsWith("stuck.test")
+      ? new Promise((resolve) => pending.push(() => resolve(["93.184.216.34"])))
+      : Promise.resolve(["93.184.216.34"]);
+  await using relay = startDohRelay(
+    { dohQueriesPerSec: 0, dnsTimeoutMs: 200, denyHosts: ["secret.test"] },
+    resolve,
+  );
+  try {
+    // Four waves of 50 (the listener takes at most 64 pending connections per address): the stuck lookups add up.
+    const answers = [];
+    for (let wave = 0; wave < 4; wave++) {
+      answers.push(
+        ...await Promise.all(
+          Array.from({ length: 50 }, (_, i) => ask(relay, query(`n${wave}-${i}.stuck.test`, "A", i))),
+        ),
+      );
+    }
+    assert.ok(answers.every((a) => a.packet.rcode === "SERVFAIL"));
+    assert.equal(relay.relay.lookupsInFlight, 128, "DoH lookups are not capped with the others");
+    for (const release of pending.splice(0)) release();
+    await delay(20);
+    assert.equal(relay.relay.lookupsInFlight, 0);
+    const secret = await ask(relay, query("secret.test", "A"));
+    assert.equal(secret.packet.rcode, "NOERROR");
+    assert.deepEqual(secret.packet.answers, []);
+    const cookie = await fetch(`http://127.0.0.1:${relay.port}/dns-json?name=open.test`, {
+      headers: { cookie: `theme=dark; aero_session=${TOKEN}` },
+    });
+    assert.equal(cookie.status, 200);
+    assert.equal((await cookie.json()).Answer[0].data, "93.184.216.34");
+    // A body over the query cap (up to the listener's 64 KiB) is still answered as a DNS message, with its id.
+    const big = new Uint8Array(20_000);
+    big.set([0xab, 0xcd]);
+    const tooBig = await ask(relay, big, "POST");
+    assert.equal(tooBig.status, 413);
+    assert.equal(tooBig.packet.id, 0xabcd);
+  } finally {
+    for (const release of pending) release();
+  }
 });

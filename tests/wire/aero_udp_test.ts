@@ -273,3 +273,28 @@ Deno.test("/udp congestion: datagrams for a client that stops reading are droppe
     await new Promise<void>((resolve) => burst.close(() => resolve()));
   }
 });
+
+Deno.test("/udp without a valid token: a small pool per IP, and a wrong query token is told after the upgrade", async () => {
+  await using relay = startUdpRelay();
+  const url = `ws://127.0.0.1:${relay.port}/udp`;
+  {
+    await using wrong = await UdpClient.open(`${url}?token=nope`);
+    const error = await wrong.text();
+    assert.deepEqual([error.type, error.code], ["error", "unauthorized"]);
+    assert.equal((await wrong.closed).code, 1008);
+  }
+  const waiting: UdpClient[] = [];
+  try {
+    for (let i = 0; i < 8; i++) waiting.push(await UdpClient.open(url));
+    const { head } = upgradeRequest(relay.port, "/udp");
+    const { client, response } = await RawClient.request(relay.port, head);
+    await client.close();
+    assert.equal(response.status, 429, "a ninth unauthenticated session from one address was accepted");
+    // Authenticating frees the place at once.
+    waiting[0]!.ws.send(JSON.stringify({ type: "auth", token: TOKEN }));
+    assert.equal((await waiting[0]!.text()).type, "ready");
+    waiting.push(await UdpClient.open(url));
+  } finally {
+    for (const client of waiting) await client[Symbol.asyncDispose]();
+  }
+});
