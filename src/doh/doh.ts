@@ -135,11 +135,15 @@ export class Doh {
     const rd = ((packet.flags ?? 0) & dnsPacket.RECURSION_DESIRED) !== 0;
     if (limited) {
       this.#options.onQuery?.("rate_limited");
-      return this.#message(429, id, rd, question, { rcode: RCODE.SERVFAIL, records: [] });
+      return this.#message(429, id, rd, question, { rcode: RCODE.SERVFAIL, records: [] }, bytes);
     }
-    const answer = await this.#answer({ name: question.name, type: question.type }, false);
+    // Only standard queries in class IN are answered; anything else (an update, a notify, class CH) is NOTIMP.
+    const opcode = (packet as { opcode?: string }).opcode ?? "QUERY";
+    const answer = opcode !== "QUERY" || (question.class ?? "IN") !== "IN"
+      ? { rcode: RCODE.NOTIMP, records: [] }
+      : await this.#answer({ name: question.name, type: question.type }, false);
     this.#options.onQuery?.(RCODE_NAMES[answer.rcode] ?? String(answer.rcode));
-    return this.#message(200, id, rd, question, answer);
+    return this.#message(200, id, rd, question, answer, bytes);
   }
 
   /** `/dns-json?name=&type=` (the caller has checked auth, origin and rate). */
@@ -240,9 +244,16 @@ export class Doh {
     return { rcode: RCODE.NOERROR, records };
   }
 
-  #message(status: number, id: number, rd: boolean, question: dnsPacket.Question, answer: Answer): Response {
+  #message(
+    status: number,
+    id: number,
+    rd: boolean,
+    question: dnsPacket.Question,
+    answer: Answer,
+    query: Uint8Array,
+  ): Response {
     const ttl = answer.records.reduce((min, r) => Math.min(min, r.ttl), this.#options.ttlSeconds);
-    const bytes = dnsPacket.encode({
+    const encoded = dnsPacket.encode({
       type: "response",
       id,
       // QR is set by dns-packet for responses; RD echoes the query's, RA says recursion is offered.
@@ -250,7 +261,10 @@ export class Doh {
       questions: [question],
       answers: answer.records.map((r) => ({ name: r.name, type: r.type as "A", ttl: r.ttl, data: r.data })),
     });
-    return new Response(new Uint8Array(bytes), {
+    // The question goes back byte for byte as the client sent it (stub resolvers compare it): dns-packet would
+    // re-encode the name, and a label holding a "." or bytes that are not UTF-8 would not survive that.
+    const bytes = withQuestionOf(new Uint8Array(encoded), query);
+    return new Response(bytes, {
       status,
       headers: {
         "content-type": "application/dns-message",
@@ -283,6 +297,30 @@ export function jsonResponse(status: number, body: unknown, type = "application/
     status,
     headers: { "content-type": type, "cache-control": "no-store" },
   });
+}
+
+/** End of the one question of a DNS message (after its type and class), or -1 if it does not parse. */
+function questionEnd(message: Uint8Array): number {
+  let at = 12;
+  while (at < message.byteLength) {
+    const length = message[at]!;
+    if (length === 0) return at + 5 <= message.byteLength ? at + 5 : -1;
+    if ((length & 0xc0) === 0xc0) return at + 6 <= message.byteLength ? at + 6 : -1;
+    at += 1 + length;
+  }
+  return -1;
+}
+
+/** `response` with its question section replaced by `query`'s, byte for byte. */
+function withQuestionOf(response: Uint8Array<ArrayBuffer>, query: Uint8Array): Uint8Array<ArrayBuffer> {
+  const theirs = questionEnd(query);
+  const ours = questionEnd(response);
+  if (theirs < 0 || ours < 0) return response;
+  const out = new Uint8Array(response.byteLength - ours + theirs);
+  out.set(response.subarray(0, 12));
+  out.set(query.subarray(12, theirs), 12);
+  out.set(response.subarray(ours), theirs);
+  return out;
 }
 
 /** The id a DNS message starts with (0 when it is too short to have one). */

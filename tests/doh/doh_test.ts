@@ -221,3 +221,61 @@ Deno.test("DoH shares the relay's cap on lookups in flight, honours the host rul
     for (const release of pending) release();
   }
 });
+
+Deno.test("DoH answers only standard queries in class IN: an update or class CH is NOTIMP", async () => {
+  await using relay = startDohRelay();
+  const update = new Uint8Array(dnsPacket.encode({
+    type: "query",
+    id: 5,
+    flags: 5 << 11, // opcode 5, UPDATE (dns-packet encodes the opcode from the flags)
+    questions: [{ type: "A", name: "localhost" }],
+  }));
+  assert.equal((await ask(relay, update)).packet.rcode, "NOTIMP");
+  const chaos = new Uint8Array(dnsPacket.encode({
+    type: "query",
+    id: 6,
+    questions: [{ type: "A", name: "localhost", class: "CH" }],
+  }));
+  assert.equal((await ask(relay, chaos)).packet.rcode, "NOTIMP");
+});
+
+Deno.test("DoH echoes the question byte for byte, even a label holding a dot", async () => {
+  await using relay = startDohRelay({}, () => Promise.resolve(["93.184.216.34"]));
+  // Question: one label "a.b" (with its dot), then "com"; type A, class IN.
+  const query = Uint8Array.of(
+    0x12,
+    0x34,
+    0x01,
+    0x00,
+    0,
+    1,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    3,
+    0x61,
+    0x2e,
+    0x62,
+    3,
+    0x63,
+    0x6f,
+    0x6d,
+    0,
+    0,
+    1,
+    0,
+    1,
+  );
+  const response = await fetch(`http://127.0.0.1:${relay.port}/dns-query?token=${TOKEN}`, {
+    method: "POST",
+    headers: { "content-type": "application/dns-message" },
+    body: query,
+  });
+  const bytes = new Uint8Array(await response.arrayBuffer());
+  assert.equal(response.status, 200);
+  assert.deepEqual([...bytes.subarray(12, query.byteLength)], [...query.subarray(12)]);
+  assert.equal((dnsPacket.decode(Buffer.from(bytes)) as unknown as Decoded).id, 0x1234);
+});
