@@ -460,3 +460,25 @@ Deno.test("wisp: sessions count against the per-IP cap like every other protocol
   assert.equal(relay.relay.metrics.sessionsByProtocol.get("wisp-v1"), 1);
   assert.ok(first.ws.readyState === WebSocket.OPEN);
 });
+
+Deno.test("wisp UDP: past the bindings limit a UDP CONNECT gets 0x49, and every socket is given back", async () => {
+  await using udp = await startUdpEcho();
+  await using relay = startWispRelay({ udpMaxBindings: 2 });
+  await using client = await v1(relay);
+  for (const id of [1, 2, 3]) {
+    client.send(
+      encodeWispConnect(id, { streamType: WispStreamType.UDP, port: udp.port, hostname: "127.0.0.1" }),
+    );
+  }
+  assert.equal(await client.closeReason(3), WispCloseReason.THROTTLED);
+  assert.equal(relay.relay.metrics.rateLimited.get("udp_bindings"), 1);
+  assert.ok(await waitUntil(() => relay.relay.metrics.udpBindingsActive === 2, { timeoutMs: 2000 }));
+  const held = relay.relay.sockets.used;
+  client.ws.close();
+  await client.closed;
+  assert.ok(await waitUntil(() => relay.relay.metrics.udpBindingsActive === 0, { timeoutMs: 2000 }));
+  assert.ok(
+    await waitUntil(() => relay.relay.sockets.used <= held - 2, { timeoutMs: 2000 }),
+    "UDP sockets kept",
+  );
+});
