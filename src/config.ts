@@ -125,6 +125,11 @@ export interface Config {
   readonly dohQueriesPerSec: number;
   /** DoH: how long answers are cached, and the TTL they carry. */
   readonly dohTtlSeconds: number;
+  /**
+   * Relay processes on this host (`auto` resolved to the CPU count). Above 1, the process started is a
+   * supervisor that serves no relay traffic itself (see src/supervisor.ts).
+   */
+  readonly workers: number;
 }
 
 type Kind =
@@ -144,6 +149,7 @@ type Kind =
   | "format"
   | "optport"
   | "text"
+  | "workers"
   | "switch";
 
 /** One configuration option: its environment variable, its flag, its default and its meaning. */
@@ -167,6 +173,8 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 const MAX_WEBSOCKET_MESSAGE = 64 * MIB;
 /** Largest accepted request-head limit: beyond this a slow client could pin a lot of memory per socket. */
 const MAX_HEADER_LIMIT = 1 * MIB;
+/** Most worker processes: beyond this the per-process overhead outweighs any host's cores. */
+export const MAX_WORKERS = 64;
 
 /** Every option, in the order `--help` and the README list them. */
 export const OPTIONS: readonly OptionSpec[] = [
@@ -709,6 +717,16 @@ export const OPTIONS: readonly OptionSpec[] = [
     description:
       "Wisp v2: offer password auth and accept the token as the password when the upgrade carried none",
   },
+  {
+    key: "workers",
+    env: "AERO_PROXY_WORKERS",
+    flag: "workers",
+    kind: "workers",
+    default: "1",
+    description: `Relay processes sharing the port (Linux, SO_REUSEPORT): a positive integer up to ${MAX_WORKERS}, ` +
+      "or auto (one per CPU); above 1 a supervisor starts and watches them (see the README)",
+    max: MAX_WORKERS,
+  },
 ];
 
 /** Bad configuration: the message names every offending variable or flag and what it accepts. */
@@ -732,6 +750,8 @@ export type Command =
 export interface ParseOptions {
   /** Reads a text file (for `AERO_PROXY_AUTH_TOKEN_FILE`). */
   readonly readFile?: (path: string) => string;
+  /** The CPU count that `AERO_PROXY_WORKERS=auto` stands for (`navigator.hardwareConcurrency`). @default 1 */
+  readonly cpuCount?: number;
 }
 
 /** Tokens shorter than this many bytes are weak. */
@@ -815,7 +835,11 @@ export function autoMaxSockets(openFileLimit: number): number {
 const NONE_KINDS: ReadonlySet<Kind> = new Set(["cidrs", "ports", "hosts"]);
 
 /** Converts one option's text to its value, or returns an error sentence. */
-function convert(spec: OptionSpec, text: string): { value: unknown } | { problem: string } {
+function convert(
+  spec: OptionSpec,
+  text: string,
+  options: ParseOptions = {},
+): { value: unknown } | { problem: string } {
   const bad = (accepted: string) => ({
     problem: `${spec.env} must be ${accepted}, got ${JSON.stringify(text)}`,
   });
@@ -933,6 +957,15 @@ function convert(spec: OptionSpec, text: string): { value: unknown } | { problem
         ? bad(`auto or a positive integer${spec.max === undefined ? "" : ` up to ${spec.max}`}`)
         : { value };
     }
+    case "workers": {
+      const max = spec.max ?? MAX_WORKERS;
+      if (text.trim().toLowerCase() === "auto") {
+        const cpus = options.cpuCount ?? 1;
+        return { value: Math.max(1, Math.min(max, Number.isSafeInteger(cpus) ? cpus : 1)) };
+      }
+      const value = parseInteger(text.trim(), 1, max);
+      return value === undefined ? bad(`auto or a positive integer up to ${max}`) : { value };
+    }
     case "rate": {
       const max = spec.max ?? Number.MAX_SAFE_INTEGER;
       const value = parseInteger(text.trim(), 0, max);
@@ -1005,7 +1038,7 @@ export function parseCommand(
     // A bare switch (`--demo`) means "1".
     const flagText = fromFlag === true ? "1" : fromFlag;
     const text = typeof flagText === "string" ? flagText : env[spec.env] ?? spec.default;
-    const result = convert(spec, text);
+    const result = convert(spec, text, options);
     if ("problem" in result) {
       problems.push(
         typeof fromFlag === "string" ? result.problem.replaceAll(spec.env, `--${spec.flag}`) : result.problem,
