@@ -723,7 +723,8 @@ export const OPTIONS: readonly OptionSpec[] = [
     flag: "workers",
     kind: "workers",
     default: "1",
-    description: `Relay processes sharing the port (Linux, SO_REUSEPORT): a positive integer up to ${MAX_WORKERS}, ` +
+    description:
+      `Relay processes sharing the port (Linux, SO_REUSEPORT): a positive integer up to ${MAX_WORKERS}, ` +
       "or auto (one per CPU); above 1 a supervisor starts and watches them (see the README)",
     max: MAX_WORKERS,
   },

@@ -110,6 +110,11 @@ export class Metrics {
     return this.registry().metrics();
   }
 
+  /** Every metric as prom-client's JSON, for a supervisor to aggregate over its workers. */
+  json(): Promise<client.MetricObjectWithValues<client.MetricValue<string>>[]> {
+    return this.registry().getMetricsAsJSON();
+  }
+
   /** The content type of {@linkcode exposition}. */
   get contentType(): string {
     return this.registry().contentType;
@@ -122,11 +127,14 @@ export class Metrics {
     const registers = [registry];
     // deno-lint-ignore no-this-alias
     const m = this;
-    const gauge = (name: string, help: string, read: () => number) =>
+    // `aggregator` says how a supervisor combines the workers' values (prom-client's AggregatorRegistry):
+    // counts sum to the host's total; a few gauges below say otherwise.
+    const gauge = (name: string, help: string, read: () => number, aggregator: client.Aggregator = "sum") =>
       new client.Gauge({
         name,
         help,
         registers,
+        aggregator,
         collect() {
           this.set(read());
         },
@@ -347,7 +355,13 @@ export class Metrics {
     const startSeconds = Math.round(Date.now() / 1000 - performance.now() / 1000);
     gauge("process_resident_memory_bytes", "Resident memory size in bytes", () => Deno.memoryUsage().rss);
     gauge("process_heap_bytes", "JavaScript heap in use, in bytes", () => Deno.memoryUsage().heapUsed);
-    gauge("process_start_time_seconds", "Start time of the process since the Unix epoch", () => startSeconds);
+    // Across workers: the oldest start (a restarted worker does not make the host look younger).
+    gauge(
+      "process_start_time_seconds",
+      "Start time of the process since the Unix epoch",
+      () => startSeconds,
+      "min",
+    );
     counter("process_cpu_seconds_total", "User and system CPU time spent, in seconds", () => {
       const { user, system } = process.cpuUsage();
       return (user + system) / 1e6;
@@ -357,6 +371,8 @@ export class Metrics {
       help: "Build information",
       labelNames: ["version", "deno"],
       registers,
+      // Every worker runs the same build: one series of 1, not the count of workers.
+      aggregator: "first",
       collect() {
         this.set({ version: m.#info.version ?? "unknown", deno: Deno.version.deno }, 1);
       },

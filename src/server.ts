@@ -64,6 +64,16 @@ export interface RelayDeps {
   readonly resolve?: Resolver;
   /** The socket budget; default: `config.maxSockets`, or a fixed fallback when that is auto. */
   readonly sockets?: SocketBudget;
+  /** A worker's view of its supervisor (AERO_PROXY_WORKERS > 1); default: this process is the whole relay. */
+  readonly fleet?: Fleet;
+}
+
+/** What a worker asks its supervisor for: the readiness and the metrics of every worker on the host. */
+export interface Fleet {
+  /** Whether the supervisor reports every worker ready. */
+  ready(): boolean;
+  /** The Prometheus exposition aggregated over every live worker; rejects when the supervisor does not answer. */
+  exposition(): Promise<string>;
 }
 
 /**
@@ -151,9 +161,11 @@ export class Relay {
   readonly #doh: Doh;
   #unauthenticated = 0;
   readonly #unauthenticatedPerIp = new Map<string, number>();
+  readonly #fleet: Fleet | undefined;
 
   constructor(config: Config, deps: RelayDeps = {}) {
     this.config = config;
+    this.#fleet = deps.fleet;
     this.metrics = deps.metrics ?? new Metrics();
     this.#tokens = new TokenSet(config.authTokens);
     this.#policy = createPolicy(config);
@@ -756,8 +768,21 @@ export class Relay {
       return text(405, "Method Not Allowed", { allow: "GET, HEAD" });
     }
     if (pathname === "/healthz") return text(200, "ok");
-    if (pathname === "/readyz") return this.#draining ? text(503, "draining") : text(200, "ready");
-    return new Response(await this.metrics.exposition(), {
+    if (pathname === "/readyz") {
+      if (this.#draining) return text(503, "draining");
+      // A worker is ready only when its supervisor reports every worker of the host ready.
+      return this.#fleet === undefined || this.#fleet.ready()
+        ? text(200, "ready")
+        : text(503, "workers starting");
+    }
+    let body: string;
+    try {
+      body = await (this.#fleet?.exposition() ?? this.metrics.exposition());
+    } catch (err: unknown) {
+      if (this.#fleet === undefined) throw err;
+      return text(503, "Service Unavailable: the supervisor did not answer with the workers' metrics");
+    }
+    return new Response(body, {
       headers: { "content-type": this.metrics.contentType, "cache-control": "no-store" },
     });
   };
@@ -820,6 +845,8 @@ export interface RunningRelay extends AsyncDisposable {
 export interface ServeOptions {
   /** PEM certificate and key: serve `wss://` and `https://`. */
   readonly tls?: { readonly cert: string; readonly key: string };
+  /** Share the port with the other workers (`SO_REUSEPORT`; needs `--unstable-net`). @default false */
+  readonly reusePort?: boolean;
 }
 
 /** Starts a relay listening on `config.host:config.port` (and the metrics listener, if configured). */
@@ -831,6 +858,7 @@ export function serveRelay(config: Config, deps: RelayDeps = {}, options: ServeO
     hostname: config.host,
     port: config.port,
     ...(options.tls === undefined ? {} : { tls: options.tls }),
+    ...(options.reusePort === true ? { reusePort: true } : {}),
     handler: relay.handler,
     sockets: relay.sockets,
     maxPending: config.maxPendingConnections,

@@ -429,31 +429,34 @@ Deno.test({ name: "host lists, IP literals and the DNS timeout", permissions: "n
   });
 });
 
-Deno.test({ name: "AERO_PROXY_WORKERS: 1 by default, a count, or auto for the CPUs", permissions: "none" }, async (t) => {
-  await t.step("the default is one process", () => assert.equal(defaultConfig().workers, 1));
-  await t.step("a count from the environment or the flag", () => {
-    assert.equal(config({ AERO_PROXY_WORKERS: "4" }).workers, 4);
-    assert.equal(config({ AERO_PROXY_WORKERS: "4" }, ["--workers=2"]).workers, 2);
-    assert.equal(config({ AERO_PROXY_WORKERS: "64" }).workers, 64);
-  });
-  await t.step("auto is the injected CPU count, capped at 64, and 1 without one", () => {
-    const parsed = (cpuCount: number) => {
-      const command = parseCommand({ AERO_PROXY_WORKERS: "AUTO" }, [], { cpuCount });
-      return command.kind === "run" ? command.config.workers : assert.fail("unreachable");
-    };
-    assert.equal(parsed(8), 8);
-    assert.equal(parsed(256), 64);
-    assert.equal(parsed(0), 1);
-    assert.equal(config({ AERO_PROXY_WORKERS: "auto" }).workers, 1);
-  });
-  await t.step("anything else is refused, naming the variable or the flag", () => {
-    for (const bad of ["0", "-1", "65", "1.5", "two", ""]) {
-      assert.match(
-        problem({ AERO_PROXY_WORKERS: bad }),
-        /AERO_PROXY_WORKERS must be auto or a positive integer up to 64, got/,
-        bad,
-      );
-    }
-    assert.match(problem({}, ["--workers=0"]), /--workers must be auto or a positive integer up to 64/);
-  });
-});
+Deno.test(
+  { name: "AERO_PROXY_WORKERS: 1 by default, a count, or auto for the CPUs", permissions: "none" },
+  async (t) => {
+    await t.step("the default is one process", () => assert.equal(defaultConfig().workers, 1));
+    await t.step("a count from the environment or the flag", () => {
+      assert.equal(config({ AERO_PROXY_WORKERS: "4" }).workers, 4);
+      assert.equal(config({ AERO_PROXY_WORKERS: "4" }, ["--workers=2"]).workers, 2);
+      assert.equal(config({ AERO_PROXY_WORKERS: "64" }).workers, 64);
+    });
+    await t.step("auto is the injected CPU count, capped at 64, and 1 without one", () => {
+      const parsed = (cpuCount: number) => {
+        const command = parseCommand({ AERO_PROXY_WORKERS: "AUTO" }, [], { cpuCount });
+        return command.kind === "run" ? command.config.workers : assert.fail("unreachable");
+      };
+      assert.equal(parsed(8), 8);
+      assert.equal(parsed(256), 64);
+      assert.equal(parsed(0), 1);
+      assert.equal(config({ AERO_PROXY_WORKERS: "auto" }).workers, 1);
+    });
+    await t.step("anything else is refused, naming the variable or the flag", () => {
+      for (const bad of ["0", "-1", "65", "1.5", "two", ""]) {
+        assert.match(
+          problem({ AERO_PROXY_WORKERS: bad }),
+          /AERO_PROXY_WORKERS must be auto or a positive integer up to 64, got/,
+          bad,
+        );
+      }
+      assert.match(problem({}, ["--workers=0"]), /--workers must be auto or a positive integer up to 64/);
+    });
+  },
+);

@@ -37,6 +37,11 @@ export interface ListenOptions {
   readonly hostname: string;
   readonly port: number;
   readonly tls?: { readonly cert: string; readonly key: string };
+  /**
+   * Share the port with other processes (`SO_REUSEPORT`, Linux: the kernel spreads new connections over
+   * them). Deno 2.9.6 accepts it only under `--unstable-net`. @default false
+   */
+  readonly reusePort?: boolean;
   readonly handler: Handler;
   /** Shared with target connections; one unit per accepted connection, until it closes. */
   readonly sockets?: SocketBudget;
@@ -218,14 +223,18 @@ function bump(map: Map<string, number>, key: string, delta: number): void {
 
 /** Starts listening. */
 export function listen(options: ListenOptions): Listener {
+  // `reusePort` is typed only in Deno's unstable declarations; passed only when asked for, so that a relay
+  // without workers runs without --unstable-net.
+  const shared = options.reusePort === true ? { reusePort: true } : {};
   const listener = options.tls === undefined
-    ? Deno.listen({ hostname: options.hostname, port: options.port, transport: "tcp" })
+    ? Deno.listen({ hostname: options.hostname, port: options.port, transport: "tcp", ...shared })
     : Deno.listenTls({
       hostname: options.hostname,
       port: options.port,
       transport: "tcp",
       cert: options.tls.cert,
       key: options.tls.key,
+      ...shared,
     });
   const sockets: SocketBudget = options.sockets ?? unlimitedSockets();
   const pendingPerIp = new Map<string, number>();
