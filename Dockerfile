@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # Build stage: compile the relay into one executable with Deno 2.9.6 (pinned). The binary embeds the sandboxed
 # permissions of `deno task compile`: network with the special ranges denied, AERO_PROXY_* variables, and reads of
-# /run/secrets, /etc/aero-net-proxy and /dev/null (opened at startup to count the descriptors left) only.
+# /run/secrets, /etc/aero-net-proxy and /dev/null (opened at startup to count the descriptors left) only, plus
+# --unstable-net and --allow-run=/usr/local/bin/aero-net-proxy for AERO_PROXY_WORKERS > 1 (the supervisor starts
+# this same binary as its workers; every relay process gives the permission up before it listens).
 FROM denoland/deno:2.9.6 AS build
 WORKDIR /app
 COPY deno.json deno.lock main.ts ./

@@ -12,6 +12,9 @@ import { Metrics } from "./src/metrics.ts";
 import { MUX_PATH } from "./src/protocol/mod.ts";
 import { type RunningRelay, serveRelay, socketLimitFor } from "./src/server.ts";
 import { openFileLimit, socketBudget } from "./src/budget.ts";
+import { WORKER_INDEX_ENV } from "./src/workers/ipc.ts";
+import { currentProcess, Supervisor, workerCommand, WorkerSetupError } from "./src/workers/supervisor.ts";
+import { WorkerLink } from "./src/workers/worker.ts";
 
 /** Exit code for bad usage or configuration. */
 const EXIT_USAGE = 2;
@@ -86,10 +89,112 @@ async function healthcheck(config: Config): Promise<number> {
   }
 }
 
-async function main(): Promise<void> {
+/** Resolves with the first SIGINT or SIGTERM; a second one exits at once (after `onForce`). */
+function firstSignal(logger: ReturnType<typeof getLogger>, onForce: () => void = () => {}): Promise<string> {
+  const { promise, resolve } = Promise.withResolvers<string>();
+  let stopping = false;
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(signal, () => {
+      if (!stopping) {
+        stopping = true;
+        resolve(signal);
+        return;
+      }
+      logger.warn("forced_exit", { event: "forced_exit", signal });
+      onForce();
+      Deno.exit(EXIT_FORCED[signal] ?? 1);
+    });
+  }
+  return promise;
+}
+
+/**
+ * AERO_PROXY_WORKERS > 1: this process supervises the workers and serves no relay traffic itself (only the
+ * metrics listener, if configured, with the host's aggregate). See src/workers/supervisor.ts.
+ */
+async function supervise(initial: Config): Promise<void> {
+  let config = initial;
+  let generated: string | undefined;
+  if (config.authTokens.length === 0) generated = generateToken();
+  await configureLogging(config.logLevel, config.logFormat);
+  const logger = getLogger(["aero-net-proxy", "main"]);
   let command;
   try {
-    command = parseCommand(readEnv(), Deno.args, { readFile: (path) => Deno.readTextFileSync(path) });
+    command = workerCommand(config, currentProcess());
+  } catch (err: unknown) {
+    if (err instanceof WorkerSetupError) fail(err.message);
+    throw err;
+  }
+  if (config.port === 0) {
+    // Every worker must listen on the same port: the supervisor picks a free one for all of them.
+    try {
+      const probe = Deno.listen({ hostname: config.host, port: 0 });
+      config = Object.freeze({ ...config, port: probe.addr.port });
+      probe.close();
+    } catch (err: unknown) {
+      fail(`cannot listen on ${config.host}:0: ${errorText(err)}`);
+    }
+  }
+  const supervisor = new Supervisor(config, {
+    command,
+    env: generated === undefined ? {} : { AERO_PROXY_AUTH_TOKEN: generated },
+  });
+  const abort = new AbortController();
+  let metricsServer: Deno.HttpServer<Deno.NetAddr> | undefined;
+  try {
+    metricsServer = config.metricsPort === undefined ? undefined : Deno.serve(
+      { hostname: config.metricsHost, port: config.metricsPort, signal: abort.signal, onListen: () => {} },
+      supervisor.operationsHandler,
+    );
+  } catch (err: unknown) {
+    fail(`cannot listen on ${config.metricsHost}:${config.metricsPort}: ${errorText(err)}`);
+  }
+  supervisor.start();
+  const host = config.host.includes(":") ? `[${config.host}]` : config.host;
+  const base = `${config.tlsCertFile === "" ? "ws" : "wss"}://${host}:${config.port}${MUX_PATH}`;
+  if (generated !== undefined) {
+    // deno-lint-ignore no-console
+    console.error(
+      `aero-net-proxy: AERO_PROXY_AUTH_TOKEN is not set; generated a token for this run.\n` +
+        `Connect to: ${base}?token=${generated}`,
+    );
+  }
+  logger.info("supervising", {
+    event: "supervising",
+    workers: config.workers,
+    host: config.host,
+    port: config.port,
+    metricsPort: metricsServer?.addr.port ?? null,
+    pid: Deno.pid,
+    version: denoJson.version,
+  });
+  const outcome = await Promise.race([
+    firstSignal(logger, () => supervisor.kill()).then((signal) => ({ signal, code: 0 })),
+    supervisor.fatal.then((code) => ({ signal: undefined, code })),
+  ]);
+  logger.info("shutting_down", {
+    event: "shutting_down",
+    signal: outcome.signal ?? null,
+    graceMs: config.shutdownGraceMs,
+    workers: supervisor.pids.filter((pid) => pid !== undefined).length,
+  });
+  await supervisor.stop();
+  abort.abort();
+  await metricsServer?.finished;
+  logger.info("stopped", { event: "stopped" });
+  Deno.exit(outcome.code);
+}
+
+async function main(): Promise<void> {
+  // A worker handles untrusted traffic: it gives up --allow-run (which only its supervisor needs) first.
+  const workerText = Deno.env.get(WORKER_INDEX_ENV);
+  if (workerText !== undefined) Deno.permissions.revokeSync({ name: "run" });
+  let command;
+  try {
+    command = parseCommand(readEnv(), Deno.args, {
+      readFile: (path) => Deno.readTextFileSync(path),
+      cpuCount: navigator.hardwareConcurrency,
+    });
   } catch (err: unknown) {
     if (err instanceof ConfigError) fail(`invalid configuration: ${err.message} (see --help)`);
     throw err;
@@ -105,6 +210,10 @@ async function main(): Promise<void> {
     return;
   }
   if (command.kind === "healthcheck") Deno.exit(await healthcheck(command.config));
+  if (command.config.workers > 1 && workerText === undefined) return await supervise(command.config);
+  // Only a supervisor spawns processes; a single relay gives the permission up before it listens.
+  Deno.permissions.revokeSync({ name: "run" });
+  const worker = workerText === undefined ? undefined : Number(workerText);
 
   let config: Config = command.config;
   let generated: string | undefined;
@@ -126,12 +235,14 @@ async function main(): Promise<void> {
 
   const fileLimit = await openFileLimit();
   const sockets = socketBudget(socketLimitFor(config, fileLimit));
+  const metrics = new Metrics({ version: denoJson.version });
+  const link = worker === undefined ? undefined : new WorkerLink(metrics);
   let running: RunningRelay;
   try {
     running = serveRelay(
       config,
-      { metrics: new Metrics({ version: denoJson.version }), sockets },
-      tls ? { tls } : {},
+      { metrics, sockets, ...(link === undefined ? {} : { fleet: link }) },
+      { ...(tls ? { tls } : {}), ...(link === undefined ? {} : { reusePort: true }) },
     );
   } catch (err: unknown) {
     fail(`cannot listen on ${config.host}:${config.port}: ${errorText(err)}`);
@@ -157,22 +268,17 @@ async function main(): Promise<void> {
     socketLimit: sockets.limit,
     openFileLimit: fileLimit ?? null,
     version: denoJson.version,
+    ...(worker === undefined ? {} : { worker, pid: Deno.pid }),
   });
 
-  const { promise: stop, resolve } = Promise.withResolvers<string>();
-  let stopping = false;
-  for (const signal of ["SIGINT", "SIGTERM"] as const) {
-    Deno.addSignalListener(signal, () => {
-      if (!stopping) {
-        stopping = true;
-        resolve(signal);
-        return;
-      }
-      logger.warn("forced_exit", { event: "forced_exit", signal });
-      Deno.exit(EXIT_FORCED[signal] ?? 1);
-    });
+  const stop = [firstSignal(logger)];
+  if (link !== undefined) {
+    link.send({ type: "ready" });
+    // The supervisor's end of stdin closes when it is gone: nobody watches this worker any more.
+    stop.push(link.serve(Deno.stdin.readable).then(() => "supervisor_gone"));
   }
-  const signal = await stop;
+  const signal = await Promise.race(stop);
+  link?.send({ type: "draining" });
   logger.info("shutting_down", {
     event: "shutting_down",
     signal,

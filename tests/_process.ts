@@ -27,7 +27,8 @@ export interface SpawnOptions {
 }
 
 /**
- * A start task's words with `--allow-net` narrowed to 127.0.0.0/8, `deno` replaced by this binary, and
+ * A start task's words with `--allow-net` narrowed to 127.0.0.0/8, `deno` replaced by this binary (also in
+ * `--allow-run`), and
  * `denoFlags` added before the entry point.
  */
 export function startCommand(
@@ -39,7 +40,9 @@ export function startCommand(
   if (program !== "deno") {
     throw new Error(`The ${task} task does not start with deno: ${denoJson.tasks[task]}`);
   }
-  const args = rest.map((w) => (w === "--allow-net" ? "--allow-net=127.0.0.0/8" : w));
+  // `--allow-run=deno` names deno on PATH; the relay's workers are started with this very binary.
+  const args = rest.map((w) => (w === "--allow-net" ? "--allow-net=127.0.0.0/8" : w))
+    .map((w) => (w === "--allow-run=deno" ? `--allow-run=${Deno.execPath()}` : w));
   args.splice(args.indexOf("main.ts"), 0, ...denoFlags);
   return { cmd: Deno.execPath(), args };
 }
