@@ -10,7 +10,7 @@
 import { defaultConfig } from "../src/config.ts";
 import { type RunningRelay, serveRelay } from "../src/server.ts";
 import { startCommand } from "../tests/_process.ts";
-import { cpuSecondsOf, delay, ownCpuSeconds, rssOf } from "./_measure.ts";
+import { cpuSecondsOf, delay, ownCpuSeconds, rssOf, treeCpuSeconds } from "./_measure.ts";
 
 export const BENCH_TOKEN = "bench-token-0123456789abcdef";
 
@@ -66,6 +66,18 @@ async function waitForListen(
   }
 }
 
+/** Waits (at most 20 s) until the relay's `/readyz` answers 200: with workers, until all of them listen. */
+async function waitForReady(port: number): Promise<void> {
+  const started = performance.now();
+  for (let attempt = 0; attempt < 1000 && performance.now() - started < 20_000; attempt++) {
+    const response = await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => undefined);
+    await response?.body?.cancel();
+    if (response?.status === 200) return;
+    await delay(20);
+  }
+  throw new Error(`The relay on port ${port} was not ready within 20 s`);
+}
+
 /** Options for a subprocess relay. */
 export interface SpawnOptions {
   /** Extra `AERO_PROXY_*` variables (e.g. watermarks), on top of {@linkcode BENCH_ENV}. */
@@ -109,12 +121,15 @@ export async function spawnRelay(options: SpawnOptions = {}): Promise<RelayUnder
     kill("SIGKILL");
     await status;
   });
+  // AERO_PROXY_WORKERS > 1: the first worker listening is not enough; and the CPU is the workers' too.
+  const workers = Number(options.env?.AERO_PROXY_WORKERS ?? "1") > 1;
+  if (workers) await waitForReady(port);
   return {
     kind: "subprocess",
     port,
     pid: child.pid,
     rss: () => rssOf(child.pid),
-    cpuSeconds: () => cpuSecondsOf(child.pid),
+    cpuSeconds: () => workers ? treeCpuSeconds(child.pid) : cpuSecondsOf(child.pid),
     async [Symbol.asyncDispose]() {
       kill("SIGTERM");
       const timer = setTimeout(() => kill("SIGKILL"), 10_000);

@@ -135,6 +135,30 @@ export function download(
   return relay === undefined ? rawDownload(targets, total) : relayDownload(relay, targets, total, framing);
 }
 
+/**
+ * W1x8: `sessions` sessions at once, each downloading `each` bytes on one stream (raw TCP: as many
+ * connections). The figure is the aggregate: all bytes over the time until the last one finished.
+ */
+export async function parallelDownload(
+  relay: RelayUnderTest | undefined,
+  targets: Targets,
+  sessions: number,
+  each: number,
+): Promise<Metrics> {
+  const started = performance.now();
+  const one = async () => {
+    if (relay === undefined) {
+      await rawDownload(targets, each);
+      return;
+    }
+    await using session = await MuxSession.connect(relay.port, BENCH_TOKEN, "seed");
+    await muxDownload(session, targets, 1, each);
+  };
+  await Promise.all(Array.from({ length: sessions }, one));
+  const seconds = (performance.now() - started) / 1000;
+  return { mibPerSec: (sessions * each) / MIB / seconds };
+}
+
 // --- W2 upload ----------------------------------------------------------------------------------------
 
 async function rawUpload(targets: Targets, total: number, frameSize: number): Promise<Metrics> {

@@ -4,7 +4,8 @@
  * several times against raw TCP and the relay, prints medians (min-max) with ratios to raw TCP measured in
  * the same run, and writes a JSON file with every run.
  *
- * Options: `--quick` (smaller sizes), `--runs=N` (default 3), `--only=W1,W3`, `--out=FILE`,
+ * Options: `--quick` (smaller sizes), `--runs=N` (default 3), `--only=W1,W3` (W1x8: 8 parallel downloads
+ * through 1 and 2 workers), `--out=FILE`,
  * `--profile=DIR` (V8 CPU profile of the subprocess relay), `--relay-env=NAME=VALUE` (repeatable, e.g.
  * watermarks), `--upload-window=KiB` (W2's unacknowledged bytes), `--receive-window=KiB` (the credit
  * extension's download window per stream in W6x, default 256), `--relay-dir=DIR` (run the subprocess relay
@@ -31,6 +32,7 @@ import {
   idleStreamsMemory,
   manyStreams,
   type Metrics,
+  parallelDownload,
   rtt,
   rttBesideStalledTarget,
   rttUnderDownload,
@@ -107,7 +109,7 @@ const spawnOptions = {
   denoFlags: flags["deno-flag"] ?? [],
 };
 
-type Variant = "raw" | "relay" | "inproc" | "minimal";
+type Variant = "raw" | "relay" | "inproc" | "minimal" | "workers2";
 /** Every measured value: workload -> variant -> metric -> one value per run. */
 const results: Record<string, Partial<Record<Variant | "cpu", Record<string, number[]>>>> = {};
 const failures: string[] = [];
@@ -152,7 +154,9 @@ async function measure(
   const ownPct = (ownCpu / wall) * 100;
   const targetsPct = (targetsCpu / wall) * 100;
   record(workload, variant, metrics);
-  if (variant === "minimal" && relay !== undefined) {
+  if (variant === "workers2" && relay !== undefined) {
+    record(workload, "cpu", { workersCpuSeconds: (await relay.cpuSeconds()) - relay0 });
+  } else if (variant === "minimal" && relay !== undefined) {
     record(workload, "cpu", { minimalRelayCpuSeconds: (await relay.cpuSeconds()) - relay0 });
   } else if (relay?.kind === "subprocess") {
     const relayCpu = (await relay.cpuSeconds()) - relay0;
@@ -295,6 +299,22 @@ say(`relay env: ${Object.entries({ ...BENCH_ENV, ...relayEnv }).map(([k, v]) => 
         "W2x",
         (r) => upload(r, targets, sizes.upload, 64 * 1024, Number.MAX_SAFE_INTEGER, "credit"),
       );
+    }
+    if (wanted("W1x8")) {
+      // The same relay settings with AERO_PROXY_WORKERS=2: a supervisor and two workers on one port.
+      await using workers = await spawnRelay({
+        ...spawnOptions,
+        env: { ...spawnOptions.env, AERO_PROXY_WORKERS: "2" },
+      });
+      const each = sizes.download / 2;
+      say(
+        `W1x8: 8 sessions at once, each downloading ${each / MIB} MiB on one stream; 1 worker and 2 workers`,
+      );
+      for (let run = 1; run <= runs; run++) {
+        await measure("W1x8", "raw", undefined, () => parallelDownload(undefined, targets, 8, each));
+        await measure("W1x8", "relay", relay, () => parallelDownload(relay, targets, 8, each));
+        await measure("W1x8", "workers2", workers, () => parallelDownload(workers, targets, 8, each));
+      }
     }
     if (wanted("W5") && inproc !== undefined) {
       say(`W5 where an idle stream's memory goes (in-process relay, after GC)`);
@@ -522,6 +542,13 @@ const rows: Row[] = [
     ratio: true,
     target: { text: ">= 0.40x", check: (_v, _r, x) => x !== undefined && x >= 0.4 },
   },
+  {
+    workload: "W1x8",
+    what: `8 sessions downloading ${sizes.download / 2 / MIB} MiB each at once, aggregate, 1 worker`,
+    metric: "mibPerSec",
+    unit: " MiB/s",
+    ratio: true,
+  },
   { workload: "W1w", what: "W1 over Wisp v2", metric: "mibPerSec", unit: " MiB/s", ratio: true },
   { workload: "W3w", what: "W3 over Wisp v2, p50", metric: "p50Ms", unit: " ms", ratio: true },
   { workload: "W3w", what: "W3 over Wisp v2, p99", metric: "p99Ms", unit: " ms", ratio: true },
@@ -668,6 +695,26 @@ for (const workload of BASELINED) {
   );
 }
 
+const oneWorker = get("W1x8", "relay", "mibPerSec");
+const twoWorkers = get("W1x8", "workers2", "mibPerSec");
+const workerLines: string[] = [];
+if (oneWorker !== undefined && twoWorkers !== undefined) {
+  const cpu1 = get("W1x8", "cpu", "relayOnlyCpuSeconds");
+  const cpu2 = get("W1x8", "cpu", "workersCpuSeconds");
+  workerLines.push(
+    "| W1x8 aggregate | AERO_PROXY_WORKERS=1 | AERO_PROXY_WORKERS=2 | 2 / 1 |",
+    "| -------------- | -------------------: | -------------------: | ----: |",
+    `| throughput | ${show(oneWorker, " MiB/s")} | ${show(twoWorkers, " MiB/s")} | ${
+      (twoWorkers.median / oneWorker.median).toFixed(2)
+    }x |`,
+    `| relay CPU seconds (workers summed) | ${show(cpu1, " s")} | ${show(cpu2, " s")} | ${
+      cpu1 === undefined || cpu2 === undefined || cpu1.median === 0
+        ? ""
+        : `${(cpu2.median / cpu1.median).toFixed(2)}x`
+    } |`,
+  );
+}
+
 const totalSeconds = (performance.now() - wallStart) / 1000;
 say();
 say(`Medians of ${runs} runs (min-max); ratios are relay median / raw TCP median from this run.`);
@@ -682,6 +729,11 @@ say();
 if (baselineLines.length > 2) {
   say("Beside the minimal Deno relay (bench/_minimal_relay.ts, seed framing, no limits), same runs:");
   say(baselineLines.join("\n"));
+  say();
+}
+if (workerLines.length > 0) {
+  say("One relay process against a supervisor with two workers on the same port, same runs:");
+  say(workerLines.join("\n"));
   say();
 }
 say(`Upload window: ${uploadWindow / 1024} KiB unacknowledged. Total time ${totalSeconds.toFixed(0)} s.`);
