@@ -4,11 +4,17 @@
 # /run/secrets, /etc/aero-net-proxy and /dev/null (opened at startup to count the descriptors left) only, plus
 # --unstable-net and --allow-run=/usr/local/bin/aero-net-proxy for AERO_PROXY_WORKERS > 1 (the supervisor starts
 # this same binary as its workers; every relay process gives the permission up before it listens).
+# SANDBOX_EXCEPT (IPv4 addresses or CIDRs, comma-separated) leaves private addresses the relay itself must reach
+# open in the sandbox, such as a Redis for shared limits on a private network:
+#   docker build --build-arg SANDBOX_EXCEPT=10.96.0.0/12 .
+# Empty (the default), the binary gets exactly `deno task compile`'s permissions.
 FROM denoland/deno:2.9.6 AS build
+ARG SANDBOX_EXCEPT=""
 WORKDIR /app
 COPY deno.json deno.lock main.ts ./
 COPY src ./src
-RUN deno task compile
+COPY tools/compile.ts ./tools/
+RUN deno run --allow-read --allow-run tools/compile.ts --sandbox-except="${SANDBOX_EXCEPT}"
 
 # Runtime stage: the binary alone, as a non-root user.
 FROM debian:bookworm-slim

@@ -25,18 +25,11 @@ function toU32(text: string): number {
   return text.split(".").reduce((acc, part) => ((acc << 8) | Number(part)) >>> 0, 0);
 }
 
-/** The CIDRs that cover `network/prefix` except the single address `hole`. */
+/** The CIDRs that cover `network/prefix` except the single address `hole`, largest first. */
 export function cidrsExcept(network: number, prefix: number, hole: number): string[] {
-  const blockMask = prefix === 0 ? 0 : (0xffff_ffff << (32 - prefix)) >>> 0;
+  const blockMask = maskOf(prefix);
   if (((hole & blockMask) >>> 0) !== network) throw new RangeError("Cannot cut a hole outside the block");
-  const out: string[] = [];
-  for (let bits = prefix + 1; bits <= 32; bits++) {
-    const mask = bits === 0 ? 0 : (0xffff_ffff << (32 - bits)) >>> 0;
-    // The sibling of the hole's /bits block: same prefix, the last prefix bit flipped.
-    const sibling = ((hole ^ (1 << (32 - bits))) & mask) >>> 0;
-    out.push(toText(sibling, bits));
-  }
-  return out;
+  return toCidrs(subtract({ network, prefix }, [{ network: hole, prefix: 32 }]));
 }
 
 /** The single IPv6 addresses of the table (its /128 ranges), bracketed as Deno wants them, listen addresses left out. */
@@ -54,22 +47,80 @@ function bytesOf128(value: bigint): number[] {
   return bytes;
 }
 
-/** The `--deny-net` entries: the IPv4 table in order, then the IPv6 single addresses. */
-export function sandboxDenyList(): string[] {
-  const holes = LISTEN_ADDRESSES.filter((a) => !a.includes(":")).map(toU32);
+/** An IPv4 block as a network number and a prefix length. */
+interface Block {
+  readonly network: number;
+  readonly prefix: number;
+}
+
+function maskOf(prefix: number): number {
+  return prefix === 0 ? 0 : (0xffff_ffff << (32 - prefix)) >>> 0;
+}
+
+/** `block` without the parts that `holes` cover, as the fewest CIDRs that split it along prefix boundaries. */
+function subtract(block: Block, holes: readonly Block[]): Block[] {
+  const overlapping = holes.filter((hole) => {
+    const mask = maskOf(Math.min(block.prefix, hole.prefix));
+    return ((block.network & mask) >>> 0) === ((hole.network & mask) >>> 0);
+  });
+  if (overlapping.length === 0) return [block];
+  if (overlapping.some((hole) => hole.prefix <= block.prefix)) return [];
+  const prefix = block.prefix + 1;
+  const upper = (block.network | (1 << (32 - prefix))) >>> 0;
+  return [
+    ...subtract({ network: block.network, prefix }, overlapping),
+    ...subtract({ network: upper, prefix }, overlapping),
+  ];
+}
+
+/** Blocks as CIDR text, largest first (the order the flag has always been written in). */
+function toCidrs(blocks: Block[]): string[] {
+  return blocks.sort((x, y) => x.prefix - y.prefix || x.network - y.network).map((b) =>
+    toText(b.network, b.prefix)
+  );
+}
+
+/**
+ * Parses the `--except` list: IPv4 addresses or CIDRs that the sandbox must leave open (such as the address of a
+ * Redis on a private network). Throws a RangeError naming a bad entry.
+ */
+export function parseExceptions(text: string): Block[] {
+  return text.split(",").map((entry) => entry.trim()).filter((entry) => entry !== "").map((entry) => {
+    const match = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?:\/(\d{1,2}))?$/.exec(entry);
+    const octets = match?.slice(1, 5).map(Number);
+    const prefix = match?.[5] === undefined ? 32 : Number(match[5]);
+    if (octets === undefined || octets.some((o) => o > 255) || prefix > 32) {
+      throw new RangeError(`Cannot leave ${JSON.stringify(entry)} open: not an IPv4 address or CIDR`);
+    }
+    const value = octets.reduce((acc, o) => ((acc << 8) | o) >>> 0, 0);
+    return { network: (value & maskOf(prefix)) >>> 0, prefix };
+  });
+}
+
+/**
+ * The `--deny-net` entries: the IPv4 table in order, then the IPv6 single addresses. The listen addresses are
+ * always left open; `except` leaves more open (IPv4 blocks, see {@linkcode parseExceptions}).
+ */
+export function sandboxDenyList(except: readonly Block[] = []): string[] {
+  const holes: Block[] = [
+    ...LISTEN_ADDRESSES.filter((a) => !a.includes(":")).map((a) => ({ network: toU32(a), prefix: 32 })),
+    ...except,
+  ];
   const out: string[] = [];
   for (const range of SPECIAL_RANGES) {
     const prefix = 32 - Math.log2(((~range.mask) >>> 0) + 1);
-    const hole = holes.find((h) => ((h & range.mask) >>> 0) === range.network);
-    if (hole === undefined) out.push(range.text);
-    else out.push(...cidrsExcept(range.network, prefix, hole));
+    const kept = subtract({ network: range.network, prefix }, holes);
+    if (kept.length === 1 && kept[0]!.prefix === prefix) out.push(range.text);
+    else out.push(...toCidrs(kept));
   }
   out.push(...sandboxIpv6Entries());
   return out;
 }
 
 if (import.meta.main) {
-  // `deno run src/policy/sandbox.ts` prints the flag for deno.json's sandboxed tasks.
+  // `deno run src/policy/sandbox.ts` prints the flag for deno.json's sandboxed tasks; with `--except=CIDR,...`
+  // the flag for a build that must reach those addresses (see tools/compile.ts).
+  const exceptArg = Deno.args.find((arg) => arg.startsWith("--except="))?.slice("--except=".length) ?? "";
   // deno-lint-ignore no-console
-  console.log(`--deny-net=${sandboxDenyList().join(",")}`);
+  console.log(`--deny-net=${sandboxDenyList(parseExceptions(exceptArg)).join(",")}`);
 }
