@@ -27,6 +27,14 @@ export class TokenSet {
   }
 }
 
+/**
+ * A name for a token that per-token limits (and Redis keys) can carry without the token itself: 16 hex digits of
+ * a hash that differs from the one compared above. The same token gives the same name on every replica.
+ */
+export function tokenId(token: string): string {
+  return createHash("sha256").update("aero-net-proxy token id\0").update(token).digest("hex").slice(0, 16);
+}
+
 /** The subprotocols a WebSocket request offers, in order. */
 export function offeredSubprotocols(headers: Headers): string[] {
   const header = headers.get("sec-websocket-protocol");

@@ -130,10 +130,29 @@ export interface Config {
    * supervisor that serves no relay traffic itself (see src/supervisor.ts).
    */
   readonly workers: number;
+  /** Redis that shares the per-IP and per-token limits across processes and replicas ("" = embedded counters). */
+  readonly redisUrl: string;
+  /** Prefix of every Redis key the relay writes. */
+  readonly redisPrefix: string;
+  /** How long a session's slot in Redis outlives a process that stopped renewing it. */
+  readonly redisLeaseMs: number;
+  /** How long one Redis command may take before the relay falls back to its local limits. */
+  readonly redisTimeoutMs: number;
+  /** Concurrent sessions per token (0 = unlimited). */
+  readonly maxSessionsPerToken: number;
+  /** Sustained OPENs per second per token, across its sessions (0 = unlimited). */
+  readonly tokenOpenRate: number;
+  /** OPENs a token may make at once before its rate applies. */
+  readonly tokenOpenBurst: number;
+  /** Stream payload bytes per token per period, both directions (0 = unlimited). */
+  readonly tokenByteQuota: number;
+  /** Length of a byte-quota period, in seconds (periods start at multiples of it since the Unix epoch). */
+  readonly tokenQuotaPeriodS: number;
 }
 
 type Kind =
   | "host"
+  | "redis"
   | "port"
   | "tokens"
   | "path"
@@ -728,6 +747,84 @@ export const OPTIONS: readonly OptionSpec[] = [
       "or auto (one per CPU); above 1 a supervisor starts and watches them (see the README)",
     max: MAX_WORKERS,
   },
+  {
+    key: "redisUrl",
+    env: "AERO_PROXY_REDIS_URL",
+    flag: "redis-url",
+    kind: "redis",
+    default: "",
+    description:
+      "redis:// or rediss:// URL of a Redis that shares the session, OPEN and byte limits across " +
+      "workers and replicas (empty = each process counts alone)",
+  },
+  {
+    key: "redisPrefix",
+    env: "AERO_PROXY_REDIS_PREFIX",
+    flag: "redis-prefix",
+    kind: "text",
+    default: "aero-net-proxy:",
+    description: "Prefix of the relay's Redis keys (relays that share limits must share it)",
+  },
+  {
+    key: "redisLeaseMs",
+    env: "AERO_PROXY_REDIS_LEASE_MS",
+    flag: "redis-lease-ms",
+    kind: "count",
+    default: "15000",
+    description: "How long a session's shared slot outlives a relay that died (renewed every third of it)",
+    max: MAX_TIMER_MS,
+  },
+  {
+    key: "redisTimeoutMs",
+    env: "AERO_PROXY_REDIS_TIMEOUT_MS",
+    flag: "redis-timeout-ms",
+    kind: "count",
+    default: "250",
+    description: "How long a Redis command may take before the relay decides on its local limits alone",
+    max: MAX_TIMER_MS,
+  },
+  {
+    key: "maxSessionsPerToken",
+    env: "AERO_PROXY_MAX_SESSIONS_PER_TOKEN",
+    flag: "max-sessions-per-token",
+    kind: "rate",
+    default: "0",
+    description: "Concurrent sessions per token (over: HTTP 429; 0 = unlimited)",
+  },
+  {
+    key: "tokenOpenRate",
+    env: "AERO_PROXY_TOKEN_OPEN_RATE",
+    flag: "token-open-rate",
+    kind: "rate",
+    default: "0",
+    description: "Sustained OPENs per second per token, over all its sessions (over: ERROR 4; 0 = unlimited)",
+  },
+  {
+    key: "tokenOpenBurst",
+    env: "AERO_PROXY_TOKEN_OPEN_BURST",
+    flag: "token-open-burst",
+    kind: "count",
+    default: "1024",
+    description: "OPENs a token may make at once before AERO_PROXY_TOKEN_OPEN_RATE applies",
+  },
+  {
+    key: "tokenByteQuota",
+    env: "AERO_PROXY_TOKEN_BYTE_QUOTA",
+    flag: "token-byte-quota",
+    kind: "rate",
+    default: "0",
+    description: "Stream bytes (both directions) per token per period; over it, the token's sessions close " +
+      "with 1008 and new ones get 429 until the next period (0 = unlimited)",
+  },
+  {
+    key: "tokenQuotaPeriodS",
+    env: "AERO_PROXY_TOKEN_QUOTA_PERIOD_S",
+    flag: "token-quota-period-s",
+    kind: "count",
+    default: "86400",
+    description:
+      "Length of a byte-quota period in seconds (periods start at multiples of it since the epoch)",
+  },
 ];
 
 /** Bad configuration: the message names every offending variable or flag and what it accepts. */
@@ -873,6 +970,20 @@ function convert(
     }
     case "path":
       return { value: text.trim() };
+    case "redis": {
+      const value = text.trim();
+      if (value === "") return { value };
+      let url: URL | undefined;
+      try {
+        url = new URL(value);
+      } catch {
+        url = undefined;
+      }
+      return url !== undefined && (url.protocol === "redis:" || url.protocol === "rediss:") &&
+          url.hostname !== ""
+        ? { value }
+        : bad("a redis:// or rediss:// URL with a host (or empty)");
+    }
     case "text": {
       const value = text.trim();
       // Sent to every client as it is: printable text of a bounded size, never control characters.

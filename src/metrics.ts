@@ -58,6 +58,10 @@ export class Metrics {
   readonly connectionsRefused = new Map<string, number>();
   /** Failed `accept` calls (such as running out of descriptors), each retried after a backoff. */
   acceptErrors = 0;
+  /** 1 while Redis answers, 0 while it does not, -1 when no Redis is configured (limits are per process). */
+  redisUp = -1;
+  /** Redis operations that failed or timed out (the relay decided on its local limits), by operation. */
+  readonly redisErrors = new Map<string, number>();
   /** X-Forwarded-For values ignored because their last entry is not an IP address. */
   forwardedInvalid = 0;
   /** Bytes of OPEN metadata (aero-tcp-mux-v1) received; accepted and counted, never logged. */
@@ -237,6 +241,18 @@ export class Metrics {
       m.policyDenied,
     );
     labelled("aero_proxy_rate_limited_total", "Limits hit, by kind", "kind", m.rateLimited);
+    gauge(
+      "aero_proxy_redis_up",
+      "1 while the Redis that shares the limits answers, 0 while it does not, -1 without Redis",
+      () => m.redisUp,
+      "min",
+    );
+    labelled(
+      "aero_proxy_redis_errors_total",
+      "Redis operations that failed or timed out (local limits decided), by operation",
+      "operation",
+      m.redisErrors,
+    );
     labelled(
       "aero_proxy_errors_sent_total",
       "ERROR frames sent, by code name",

@@ -3,12 +3,14 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { offeredSubprotocols, tokenFromRequest, TokenSet } from "./auth.ts";
+import { offeredSubprotocols, tokenFromRequest, tokenId, TokenSet } from "./auth.ts";
 import { QueueBudget, type SocketBudget, socketBudget } from "./budget.ts";
 import { autoMaxSockets, type Config } from "./config.ts";
 import { demoResponse, isDemoPath } from "./demo/mod.ts";
 import { forwardedClientIp } from "./forwarded.ts";
 import { Metrics } from "./metrics.ts";
+import { TokenLimits } from "./core/quota.ts";
+import { type SharedLease, SharedLimits } from "./core/shared_limits.ts";
 import { createHostPolicy } from "./policy/hosts.ts";
 import { createPolicy } from "./policy/policy.ts";
 import {
@@ -20,7 +22,7 @@ import {
   type TargetResult,
 } from "./core/target.ts";
 import { AERO_MUX_SUBPROTOCOL, MUX_PATH, MUX_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX } from "./protocol/mod.ts";
-import { CLOSE_GOING_AWAY, Session, type Wire } from "./core/session.ts";
+import { CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION, Session, type Wire } from "./core/session.ts";
 import type { Dial } from "./core/stream.ts";
 import {
   checkUpgrade,
@@ -161,6 +163,12 @@ export class Relay {
   readonly #doh: Doh;
   #unauthenticated = 0;
   readonly #unauthenticatedPerIp = new Map<string, number>();
+  /** Per-token sessions, OPEN rate and bytes counted in this process (the floor under the shared limits). */
+  readonly #tokenLimits: TokenLimits;
+  /** Limits counted with the other relays through Redis, when configured. */
+  readonly #shared: SharedLimits | undefined;
+  /** Live sessions by token id, for ending a token's sessions when its byte quota runs out. */
+  readonly #sessionsByToken = new Map<string, Set<Session>>();
   readonly #fleet: Fleet | undefined;
 
   constructor(config: Config, deps: RelayDeps = {}) {
@@ -168,6 +176,16 @@ export class Relay {
     this.#fleet = deps.fleet;
     this.metrics = deps.metrics ?? new Metrics();
     this.#tokens = new TokenSet(config.authTokens);
+    this.#tokenLimits = new TokenLimits(config);
+    this.#shared = config.redisUrl === "" ? undefined : new SharedLimits(config, {
+      onError: (operation) => Metrics.bump(this.metrics.redisErrors, operation),
+      onHealth: (up) => this.metrics.redisUp = up ? 1 : 0,
+      onExhausted: (token) => {
+        this.#tokenLimits.markExhausted(token);
+        this.#quotaExhausted(token);
+      },
+    });
+    if (this.#shared !== undefined) this.metrics.redisUp = this.#shared.up ? 1 : 0;
     this.#policy = createPolicy(config);
     this.#lookups = limitLookups(deps.resolve ?? systemResolver, MAX_LOOKUPS);
     const hostPolicy = createHostPolicy(config);
@@ -303,7 +321,7 @@ export class Relay {
 
     if (url.pathname === TCP_PATH) {
       if (protocol !== undefined && protocol !== MUX_SUBPROTOCOL) protocol = undefined;
-      return this.#tcpUpgrade(request, info, url, protocol);
+      return this.#tcpUpgrade(request, info, url, protocol, token);
     }
     return this.#startSession(
       request,
@@ -317,6 +335,8 @@ export class Relay {
           this.config.messageTimeoutMs,
           framing === "aero-credit" ? this.config.creditWindowBytes : undefined,
         ),
+      undefined,
+      { token },
     );
   };
 
@@ -326,7 +346,7 @@ export class Relay {
    * (`/wisp/<token>/`) or the query; with `wispPasswordAuth`, a v2 upgrade without one may authenticate with the
    * token as the password extension's password instead.
    */
-  #wispUpgrade(request: Request, info: ConnInfo, url: URL): Response {
+  #wispUpgrade(request: Request, info: ConnInfo, url: URL): Response | Promise<Response> {
     const parsed = parseWispRequest(url);
     if (parsed.kind === "not_found") return text(404, "Not Found");
     if (parsed.kind === "wsproxy") {
@@ -353,14 +373,18 @@ export class Relay {
     const candidates = fromHeaders === undefined ? parsed.tokens : [fromHeaders, ...parsed.tokens];
     const tokens = this.#tokens;
     let password: { required: boolean; check(password: string): boolean; settled?(): void } | undefined;
+    let token: string | undefined;
+    let held: (() => void) | undefined;
     if (candidates.length > 0) {
       // Every candidate is checked (digests, constant time each), so which one matched does not leak by timing.
-      let valid = false;
-      for (const candidate of candidates) valid = tokens.matches(candidate) || valid;
-      if (!valid) return this.#authFailed(request, info, 403, "invalid");
+      for (const candidate of candidates) {
+        if (tokens.matches(candidate)) token ??= candidate;
+      }
+      if (token === undefined) return this.#authFailed(request, info, 403, "invalid");
     } else if (v2 && this.config.wispPasswordAuth) {
       const release = this.#holdUnauthenticated(request, info);
       if (release instanceof Response) return release;
+      held = release;
       password = { required: true, check: (candidate) => tokens.matches(candidate), settled: release };
     } else {
       return this.#authFailed(request, info, 401, "missing");
@@ -385,6 +409,7 @@ export class Relay {
           ...(password === undefined ? {} : { password }),
         }),
       () => wire?.start(),
+      { token, held },
     );
   }
 
@@ -434,6 +459,7 @@ export class Relay {
     info: ConnInfo,
     url: URL,
     protocol: string | undefined,
+    token: string,
   ): Promise<Response> {
     const checked = await this.#urlTarget(request, info, url.searchParams);
     if (checked instanceof Response) return checked;
@@ -445,6 +471,7 @@ export class Relay {
       protocol,
       (session) => new AeroTcpWire(session),
       (session) => session.openChecked(TCP_STREAM_ID, address, target.port),
+      { token },
     );
   }
 
@@ -540,7 +567,7 @@ export class Relay {
         (session) =>
           wire = new AeroUdpWire(session, { perTarget: false, ...(auth === undefined ? {} : { auth }) }),
         () => wire?.start(),
-        limits,
+        { ...limits, token: valid ? token : undefined, held: auth?.settled },
       );
     }
     const checked = await this.#urlTarget(request, info, params);
@@ -553,7 +580,7 @@ export class Relay {
       undefined,
       (session) => new AeroUdpWire(session, { perTarget: true }),
       (session) => session.openDatagram(UDP_TARGET_ID, address, target.port, false),
-      limits,
+      { ...limits, token },
     );
   }
 
@@ -636,7 +663,11 @@ export class Relay {
     return undefined;
   }
 
-  /** Session caps, the upgrade, and a session speaking `wire` (started with `begin`, if given). */
+  /**
+   * Session caps, the upgrade, and a session speaking `wire` (started with `begin`, if given). `options.token` is
+   * the token the request carried (undefined for sessions that authenticate in band, which the per-token limits
+   * do not see). With Redis, the fleet's caps are asked after the local ones, holding the local slot meanwhile.
+   */
   #startSession(
     request: Request,
     info: ConnInfo,
@@ -644,12 +675,94 @@ export class Relay {
     protocol: string | undefined,
     wire: (session: Session) => Wire,
     begin?: (session: Session) => void,
-    limits: { maxDatagramBytes?: number } = {},
-  ): Response {
+    options: { maxDatagramBytes?: number; token?: string | undefined; held?: (() => void) | undefined } = {},
+  ): Response | Promise<Response> {
+    // A place in the pool of sessions still to authenticate is given back whenever no session starts.
+    const refuse = (response: Response) => {
+      options.held?.();
+      return response;
+    };
     const refused = this.#capsRefusal(request, info);
-    if (refused !== undefined) return refused;
+    if (refused !== undefined) return refuse(refused);
     const clientIp = this.#clientIp(request, info, true);
+    const token = options.token === undefined ? undefined : tokenId(options.token);
+    if (token !== undefined) {
+      const leftMs = this.#tokenLimits.exhaustedFor(token);
+      if (leftMs > 0) return refuse(this.#quotaRefusal(request, info, leftMs));
+      if (!this.#tokenLimits.sessionAllowed(token)) {
+        return refuse(this.#refuse(request, info, 429, "sessions_per_token", { "retry-after": "5" }));
+      }
+    }
+    // The slot is taken now and given back if the session never starts: requests that overlap while Redis
+    // answers cannot all pass the local caps at once.
+    bumpCount(this.#sessionsPerIp, clientIp, 1);
+    if (token !== undefined) this.#tokenLimits.addSession(token);
+    let reserved = true;
+    const unreserve = () => {
+      if (!reserved) return;
+      reserved = false;
+      bumpCount(this.#sessionsPerIp, clientIp, -1);
+      if (token !== undefined) this.#tokenLimits.removeSession(token);
+      options.held?.();
+    };
+    const start = (lease: SharedLease | undefined): Response => {
+      try {
+        return this.#upgrade(
+          request,
+          kind,
+          protocol,
+          wire,
+          begin,
+          options,
+          clientIp,
+          token,
+          lease,
+          unreserve,
+        );
+      } catch (err: unknown) {
+        unreserve();
+        lease?.release();
+        throw err;
+      }
+    };
+    const shared = this.#shared;
+    if (shared === undefined) return start(undefined);
+    return shared.acquire(clientIp, token).then((lease) => {
+      if (typeof lease !== "string") {
+        // The relay may have begun to drain while Redis answered.
+        if (!this.#draining) return start(lease);
+        lease.release();
+        unreserve();
+        return text(503, "Service Unavailable: the relay is shutting down", { "retry-after": "5" });
+      }
+      unreserve();
+      if (lease === "token_quota") {
+        return this.#quotaRefusal(request, info, this.#tokenLimits.exhaustedFor(token!) || 5000);
+      }
+      return this.#refuse(request, info, 429, lease, { "retry-after": "5" });
+    });
+  }
 
+  /** 429 for a token over its byte quota, with the seconds left in the period. */
+  #quotaRefusal(request: Request, info: ConnInfo, leftMs: number): Response {
+    return this.#refuse(request, info, 429, "token_quota", {
+      "retry-after": String(Math.ceil(leftMs / 1000)),
+    });
+  }
+
+  /** The upgrade itself, once every cap has let the session in (its slots are already counted). */
+  #upgrade(
+    request: Request,
+    kind: string,
+    protocol: string | undefined,
+    wire: (session: Session) => Wire,
+    begin: ((session: Session) => void) | undefined,
+    options: { maxDatagramBytes?: number },
+    clientIp: string,
+    token: string | undefined,
+    lease: SharedLease | undefined,
+    unreserve: () => void,
+  ): Response {
     let upgraded;
     try {
       upgraded = upgradeWebSocket(request, {
@@ -662,6 +775,8 @@ export class Relay {
       });
     } catch (err: unknown) {
       if (!(err instanceof HandshakeError)) throw err;
+      unreserve();
+      lease?.release();
       return text(err.status, err.message, { ...err.headers });
     }
     const { socket, response } = upgraded;
@@ -672,13 +787,20 @@ export class Relay {
     // The session has ended (whoever ended it): its slot is free at once.
     const released = () => {
       this.#sessions.delete(session);
-      bumpCount(this.#sessionsPerIp, clientIp, -1);
+      unreserve();
+      lease?.release();
+      if (token !== undefined) this.#sessionsByToken.get(token)?.delete(session);
+      if (token !== undefined && this.#sessionsByToken.get(token)?.size === 0) {
+        this.#sessionsByToken.delete(token);
+      }
       if (socketOpen) {
         countedAsClosing = true;
         this.#closingTotal++;
         bumpCount(this.#closingPerIp, clientIp, 1);
       }
     };
+    const shared = this.#shared;
+    const tokenLimits = this.#tokenLimits;
     const session: Session = new Session(socket, {
       config: this.config,
       policy: this.#policy,
@@ -691,11 +813,25 @@ export class Relay {
       resolveTarget: this.#resolveTarget,
       wire,
       onClose: released,
-      ...limits,
+      ...(options.maxDatagramBytes === undefined ? {} : { maxDatagramBytes: options.maxDatagramBytes }),
+      ...(token === undefined || !tokenLimits.active ? {} : {
+        admitOpen: () => {
+          if (!tokenLimits.takeOpen(token)) return false;
+          return shared === undefined || this.config.tokenOpenRate === 0 ? true : shared.takeOpen(token);
+        },
+        countBytes: (bytes: number) => {
+          if (tokenLimits.addBytes(token, bytes)) this.#quotaExhausted(token);
+          shared?.addBytes(token, bytes);
+        },
+      }),
     });
     this.#sessions.add(session);
+    if (token !== undefined) {
+      const byToken = this.#sessionsByToken.get(token);
+      if (byToken === undefined) this.#sessionsByToken.set(token, new Set([session]));
+      else byToken.add(session);
+    }
     Metrics.bump(this.metrics.sessionsByProtocol, kind);
-    bumpCount(this.#sessionsPerIp, clientIp, 1);
     this.#socketsClosed.set(session, socketClosed.promise);
     socket.onmessage = (event) => session.receive(event.data);
     socket.onviolation = (code, message) => session.peerViolation(code, message);
@@ -714,6 +850,16 @@ export class Relay {
     socket.onclose = (event) => socketEnded(event.code, event.reason === "" ? undefined : event.reason);
     if (begin !== undefined) socket.onopen = () => begin(session);
     return response;
+  }
+
+  /** A token went over its byte quota (here or across the fleet): its sessions end with 1008. */
+  #quotaExhausted(token: string): void {
+    const sessions = this.#sessionsByToken.get(token);
+    Metrics.bump(this.metrics.rateLimited, "token_quota");
+    if (sessions === undefined) return;
+    for (const session of [...sessions]) {
+      session.close(CLOSE_POLICY_VIOLATION, "byte quota of this token exhausted for this period");
+    }
   }
 
   #authFailed(request: Request, info: ConnInfo, status: 401 | 403, why: string): Response {
@@ -786,6 +932,11 @@ export class Relay {
       headers: { "content-type": this.metrics.contentType, "cache-control": "no-store" },
     });
   };
+
+  /** Stops sharing limits: gives back what Redis still counts for this process, then disconnects. */
+  async disconnect(): Promise<void> {
+    await this.#shared?.close();
+  }
 
   /** Whether the relay is shutting down (new sessions refused, `/readyz` answers 503). */
   get draining(): boolean {
@@ -905,6 +1056,7 @@ export function serveRelay(config: Config, deps: RelayDeps = {}, options: ServeO
   const shutdown = (graceMs = config.shutdownGraceMs) =>
     closing ??= (async () => {
       await relay.drain(graceMs);
+      await relay.disconnect();
       abort.abort();
       await Promise.all([server.close(), metricsServer?.finished]);
     })();

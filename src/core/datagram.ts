@@ -14,6 +14,7 @@ import {
   type CloseReason,
   type ConnectCause,
   formatDestination,
+  GATE_REFUSED,
   resolveStreamTarget,
   type SessionStream,
 } from "./stream.ts";
@@ -91,9 +92,16 @@ export class UdpStream implements SessionStream {
   #connectMs: number | undefined;
   #task: Promise<void> | undefined;
   #settle: (() => void) | undefined;
+  /** See `StreamTarget.gate`. */
+  #gate: Promise<boolean> | undefined;
 
-  constructor(host: DatagramHost, id: number, target: { host: string; port: number; resolve: boolean }) {
+  constructor(
+    host: DatagramHost,
+    id: number,
+    target: { host: string; port: number; resolve: boolean; gate?: Promise<boolean> },
+  ) {
     this.#host = host;
+    this.#gate = target.gate;
     this.id = id;
     this.#hostname = target.host;
     this.#port = target.port;
@@ -122,6 +130,12 @@ export class UdpStream implements SessionStream {
 
   async #run(): Promise<void> {
     const ended = new Promise<void>((resolve) => this.#settle = resolve);
+    if (this.#gate !== undefined) {
+      const allowed = await this.#gate;
+      this.#gate = undefined;
+      if (this.#closed) return;
+      if (!allowed) return this.finish("rate_limited", GATE_REFUSED);
+    }
     if (this.#resolve) {
       const resolved = await resolveStreamTarget(
         this.#host,

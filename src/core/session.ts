@@ -131,6 +131,13 @@ export interface SessionDeps {
   readonly onClose?: () => void;
   /** Largest datagram payload of this session's UDP bindings; default `config.udpMaxDatagramBytes`. */
   readonly maxDatagramBytes?: number;
+  /**
+   * A limit beyond the session's own (such as its token's OPEN rate): false refuses the OPEN at once with
+   * `rate_limited`; a promise lets the stream start and ends it with `rate_limited` if it resolves false.
+   */
+  readonly admitOpen?: () => boolean | Promise<boolean>;
+  /** Stream payload bytes this session moved, either way (for per-token quotas). */
+  readonly countBytes?: (bytes: number) => void;
 }
 
 const logger = getLogger(["aero-net-proxy", "session"]);
@@ -186,6 +193,8 @@ export class Session implements StreamHost, DatagramHost {
   #stopWatchingQueue: (() => void) | undefined;
   /** The wait the OPEN rate gave the OPEN being admitted. */
   #openDelayMs = 0;
+  /** The answer of `deps.admitOpen` still to come for the OPEN being admitted, handed to its stream. */
+  #openGate: Promise<boolean> | undefined;
   #closed = false;
   #unreadErrors = 0;
   #unreadReplyBytes = 0;
@@ -379,7 +388,8 @@ export class Session implements StreamHost, DatagramHost {
     }
     if (!this.#admit(id)) return;
     this.#recent.delete(id);
-    const stream = new UdpStream(this, id, { host, port, resolve });
+    const gate = this.#openGate;
+    const stream = new UdpStream(this, id, { host, port, resolve, ...(gate === undefined ? {} : { gate }) });
     this.#datagramStreams++;
     this.#metrics.udpBindingsActive++;
     this.#track(stream, 0);
@@ -412,6 +422,17 @@ export class Session implements StreamHost, DatagramHost {
       }
       this.#openDelayMs = this.#openBucket.reserve(1);
     }
+    this.#openGate = undefined;
+    const gate = this.#deps.admitOpen?.();
+    if (gate === false) {
+      this.#limit(
+        "token_open_rate",
+        id,
+        "Too many OPENs for this token: its rate across all its sessions is spent",
+      );
+      return false;
+    }
+    if (gate instanceof Promise) this.#openGate = gate;
     return true;
   }
 
@@ -430,7 +451,11 @@ export class Session implements StreamHost, DatagramHost {
 
   #startStream(id: number, target: StreamTarget): void {
     this.#recent.delete(id);
-    this.#track(new TcpStream(this, id, target), this.#openDelayMs);
+    const gate = this.#openGate;
+    this.#track(
+      new TcpStream(this, id, gate === undefined ? target : { ...target, gate }),
+      this.#openDelayMs,
+    );
   }
 
   /** Registers a new stream and starts it; a bug in it ends that stream, never the relay. */
@@ -850,10 +875,12 @@ export class Session implements StreamHost, DatagramHost {
 
   countToTarget(n: number): void {
     this.#metrics.bytesToTargets += n;
+    this.#deps.countBytes?.(n);
   }
 
   countFromTarget(n: number): void {
     this.#metrics.bytesFromTargets += n;
+    this.#deps.countBytes?.(n);
   }
 
   // --- Lifetime --------------------------------------------------------------------------------------

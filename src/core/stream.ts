@@ -104,7 +104,13 @@ export interface StreamTarget {
    * so the stream cap and the stall rule do not apply to it.
    */
   readonly downloadCredit?: number;
+  /** A limit still deciding whether this OPEN may go ahead (see `SessionDeps.admitOpen`); false ends it. */
+  readonly gate?: Promise<boolean>;
 }
+
+/** The message of a stream whose OPEN a limit outside its session refused. */
+export const GATE_REFUSED =
+  "Too many OPENs for this token: its rate across all its sessions and relays is spent";
 
 /** What a session holds for each live stream, TCP or UDP. */
 export interface SessionStream {
@@ -294,6 +300,8 @@ export class TcpStream implements SessionStream {
   #connectMs: number | undefined;
   /** Bytes the client still lets this stream send (credit wires); undefined: unlimited. */
   #downloadCredit: number | undefined;
+  /** See `StreamTarget.gate`; cleared once answered. */
+  #gate: Promise<boolean> | undefined;
   #wakeReader: (() => void) | undefined;
   bytesToTarget = 0;
   bytesFromTarget = 0;
@@ -305,6 +313,7 @@ export class TcpStream implements SessionStream {
     this.#port = target.port;
     this.#resolve = target.resolve;
     this.#downloadCredit = target.downloadCredit;
+    this.#gate = target.gate;
     this.destination = formatDestination(target.host, target.port);
   }
 
@@ -388,6 +397,15 @@ export class TcpStream implements SessionStream {
     if (delayMs > 0) {
       await (this.#readerSleep ??= new Sleeper()).sleep(delayMs);
       if (this.#closed) return undefined;
+    }
+    if (this.#gate !== undefined) {
+      const allowed = await this.#gate;
+      this.#gate = undefined;
+      if (this.#closed) return undefined;
+      if (!allowed) {
+        this.finish("rate_limited", GATE_REFUSED);
+        return undefined;
+      }
     }
     if (this.#resolve) {
       const resolved = await resolveStreamTarget(

@@ -298,3 +298,24 @@ Deno.test("/udp without a valid token: a small pool per IP, and a wrong query to
     for (const client of waiting) await client[Symbol.asyncDispose]();
   }
 });
+
+Deno.test("/udp: an upgrade refused by a session cap gives its place in the unauthenticated pool back", async () => {
+  await using relay = startUdpRelay({ maxSessionsPerIp: 1 });
+  const url = `ws://127.0.0.1:${relay.port}/udp`;
+  {
+    await using _authenticated = await UdpClient.open(`${url}?token=${TOKEN}`);
+    // More refusals than the pool has places (8 per IP): each would keep its place if it leaked.
+    for (let i = 0; i < 12; i++) {
+      const { head } = upgradeRequest(relay.port, "/udp");
+      const { client, response } = await RawClient.request(relay.port, head);
+      await client.close();
+      assert.equal(response.status, 429);
+    }
+    assert.equal(relay.relay.metrics.rejectedUpgrades.get("sessions_per_ip"), 12);
+    assert.equal(relay.relay.metrics.rejectedUpgrades.get("unauthenticated_per_ip"), undefined);
+  }
+  await waitUntil(() => relay.relay.sessions.size === 0, { timeoutMs: 5000, intervalMs: 10 });
+  await using waiting = await UdpClient.open(url);
+  waiting.ws.send(JSON.stringify({ type: "auth", token: TOKEN }));
+  assert.equal((await waiting.text()).type, "ready");
+});
