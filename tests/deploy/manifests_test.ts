@@ -111,6 +111,65 @@ Deno.test({
 });
 
 Deno.test({
+  name: "kubernetes redis component: valid, hardened, reachable from the relays only, and wired into them",
+  permissions: { read: true, env: ["LOG_TOKENS", "LOG_STREAM"] },
+}, async () => {
+  const dir = "kubernetes/components/redis";
+  const [component] = await readYaml(`${dir}/kustomization.yaml`) as unknown as [
+    { kind: string; resources: string[]; patches: { path: string }[] },
+  ];
+  assert.equal(component.kind, "Component");
+  const docs: Doc[] = [];
+  for (const resource of component.resources) docs.push(...await readYaml(`${dir}/${resource}`));
+  for (const doc of docs) validate(doc, `components/redis/${doc.kind}`);
+  assert.deepEqual(docs.map((d) => d.kind).sort(), [
+    "Deployment",
+    "NetworkPolicy",
+    "NetworkPolicy",
+    "Service",
+  ]);
+
+  // deno-lint-ignore no-explicit-any
+  const redis = docs.find((d) => d.kind === "Deployment") as any;
+  const container = redis.spec.template.spec.containers[0];
+  assert.equal(redis.spec.template.spec.securityContext.runAsNonRoot, true);
+  assert.equal(container.securityContext.readOnlyRootFilesystem, true);
+  assert.deepEqual(container.securityContext.capabilities.drop, ["ALL"]);
+  assert.ok(container.args.includes("noeviction"), "leases must never be evicted");
+  // deno-lint-ignore no-explicit-any
+  const service = docs.find((d) => d.kind === "Service") as any;
+
+  // The relays may reach Redis on its port (policies add up), and Redis takes nothing from anyone else.
+  // deno-lint-ignore no-explicit-any
+  const policies = docs.filter((d) => d.kind === "NetworkPolicy") as any[];
+  const relayLabel = { "app.kubernetes.io/name": "aero-net-proxy" };
+  const redisLabel = redis.spec.template.metadata.labels["app.kubernetes.io/name"];
+  const intoRedis = policies.find((p) =>
+    p.spec.podSelector.matchLabels["app.kubernetes.io/name"] === redisLabel
+  );
+  assert.deepEqual(intoRedis.spec.ingress.map((r: { from: unknown }) => r.from), [[{
+    podSelector: { matchLabels: relayLabel },
+  }]]);
+  assert.deepEqual(intoRedis.spec.egress, []);
+  const fromRelay = policies.find((p) => p !== intoRedis);
+  assert.deepEqual(fromRelay.spec.podSelector.matchLabels, relayLabel);
+  assert.equal(fromRelay.spec.egress[0].to[0].podSelector.matchLabels["app.kubernetes.io/name"], redisLabel);
+  assert.equal(fromRelay.spec.egress[0].ports[0].port, service.spec.ports[0].port);
+
+  // The patch points the relay Deployment of the base at the Service, and stays valid merged into it.
+  const [patch] = await readYaml(`${dir}/${component.patches[0]!.path}`);
+  const base = (await baseDocs()).find((d) => d.kind === "Deployment")!;
+  const merged = merge(base, patch) as Doc;
+  validate(merged, "components/redis patch");
+  // deno-lint-ignore no-explicit-any
+  const env = (merged as any).spec.template.spec.containers[0].env as { name: string; value: string }[];
+  const url = env.find((e) => e.name === "AERO_PROXY_REDIS_URL")?.value;
+  assert.equal(url, `redis://${service.metadata.name}:${service.spec.ports[0].port}`);
+  const overlay = await readYaml("kubernetes/overlays/production/kustomization.yaml");
+  assert.ok((overlay[0] as { components?: string[] }).components?.includes("../../components/redis"));
+});
+
+Deno.test({
   name: "kubernetes deployment: hardened, probed, drained, token readable",
   permissions: { read: true, env: ["LOG_TOKENS", "LOG_STREAM"] },
 }, async () => {
@@ -180,7 +239,7 @@ Deno.test({
 
 Deno.test(
   {
-    name: "docker compose: two hardened replicas behind Caddy",
+    name: "docker compose: two hardened replicas behind Caddy, sharing limits through Redis",
     permissions: { read: true, env: ["LOG_TOKENS", "LOG_STREAM"] },
   },
   async () => {
@@ -198,5 +257,11 @@ Deno.test(
     const caddyfile = await Deno.readTextFile(new URL("compose/Caddyfile", ROOT));
     assert.match(caddyfile, /reverse_proxy/);
     assert.match(caddyfile, /dynamic a relay 8080/);
+    // The replicas share their limits through the Redis service, at the one private address their sandbox allows.
+    const redis = compose.services.redis;
+    const url = new URL(relay.environment.AERO_PROXY_REDIS_URL);
+    assert.equal(url.hostname, "redis");
+    assert.ok(redis.command.includes("noeviction") && redis.read_only === true);
+    assert.equal(relay.build.args.SANDBOX_EXCEPT, redis.networks.relay.ipv4_address);
   },
 );
