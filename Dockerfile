@@ -6,7 +6,7 @@
 # this same binary as its workers; every relay process gives the permission up before it listens).
 # SANDBOX_EXCEPT (IPv4 addresses or CIDRs, comma-separated) leaves private addresses the relay itself must reach
 # open in the sandbox, such as a Redis for shared limits on a private network:
-#   docker build --build-arg SANDBOX_EXCEPT=10.96.0.0/12 .
+#   docker build --build-arg SANDBOX_EXCEPT=10.96.12.34 .
 # Empty (the default), the binary gets exactly `deno task compile`'s permissions.
 FROM denoland/deno:2.9.6 AS build
 ARG SANDBOX_EXCEPT=""

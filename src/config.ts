@@ -1165,6 +1165,16 @@ export function parseCommand(
   if (problems.length === 0 && (values.streamQueueBytes as number) > (values.sessionQueueBytes as number)) {
     problems.push("AERO_PROXY_STREAM_QUEUE_BYTES must not exceed AERO_PROXY_SESSION_QUEUE_BYTES");
   }
+  if (
+    problems.length === 0 &&
+    (values.redisLeaseMs as number) < Math.max(1000, 3 * (values.redisTimeoutMs as number))
+  ) {
+    // Renewed every third of the lease, each renewal allowed the command timeout: a shorter lease runs out
+    // between renewals and the shared caps stop counting live sessions.
+    problems.push(
+      "AERO_PROXY_REDIS_LEASE_MS must be at least 1000 and at least 3 x AERO_PROXY_REDIS_TIMEOUT_MS",
+    );
+  }
   if (problems.length === 0 && (values.tlsCertFile === "") !== (values.tlsKeyFile === "")) {
     problems.push("AERO_PROXY_TLS_CERT_FILE and AERO_PROXY_TLS_KEY_FILE must be set together");
   }

@@ -101,6 +101,9 @@ function bumpCount(map: Map<string, number>, key: string, delta: number): void {
   else map.delete(key);
 }
 
+/** The close reason of a session whose token has spent its byte quota for the period. */
+const QUOTA_EXHAUSTED = "byte quota of this token exhausted for this period";
+
 /** Turns `info.remoteAddr` into a printable client IP. */
 function peerIpOf(info: ConnInfo): string {
   return typeof info.remoteAddr.hostname === "string" ? info.remoteAddr.hostname : "unknown";
@@ -167,6 +170,8 @@ export class Relay {
   readonly #tokenLimits: TokenLimits;
   /** Limits counted with the other relays through Redis, when configured. */
   readonly #shared: SharedLimits | undefined;
+  /** Sessions past the local caps whose upgrade waits for Redis's answer. */
+  #starting = 0;
   /** Live sessions by token id, for ending a token's sessions when its byte quota runs out. */
   readonly #sessionsByToken = new Map<string, Set<Session>>();
   readonly #fleet: Fleet | undefined;
@@ -390,6 +395,7 @@ export class Relay {
       return this.#authFailed(request, info, 401, "missing");
     }
     if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
+      held?.();
       return text(426, "Upgrade Required: this endpoint speaks WebSocket", { upgrade: "websocket" });
     }
     let wire: WispWire | undefined;
@@ -648,7 +654,7 @@ export class Relay {
     const clientIp = this.#clientIp(request, info);
     // Sessions the relay has closed but whose peer has not finished the close handshake still hold a socket;
     // they count against twice the limit, so that peers that never answer cannot pile up sockets either.
-    const active = this.#sessions.size;
+    const active = this.#sessions.size + this.#starting;
     if (active >= this.config.maxSessions || active + this.#closingTotal >= 2 * this.config.maxSessions) {
       return this.#refuse(request, info, 503, "sessions_total", { "retry-after": "5" });
     }
@@ -727,13 +733,19 @@ export class Relay {
     };
     const shared = this.#shared;
     if (shared === undefined) return start(undefined);
+    // Counted among the live sessions while Redis answers, so that overlapping upgrades cannot pass the total cap.
+    this.#starting++;
     return shared.acquire(clientIp, token).then((lease) => {
+      this.#starting--;
       if (typeof lease !== "string") {
-        // The relay may have begun to drain while Redis answered.
-        if (!this.#draining) return start(lease);
+        // The relay may have begun to drain, or the token spent its quota, while Redis answered.
+        const leftMs = token === undefined ? 0 : this.#tokenLimits.exhaustedFor(token);
+        if (!this.#draining && leftMs === 0) return start(lease);
         lease.release();
         unreserve();
-        return text(503, "Service Unavailable: the relay is shutting down", { "retry-after": "5" });
+        return leftMs > 0
+          ? this.#quotaRefusal(request, info, leftMs)
+          : text(503, "Service Unavailable: the relay is shutting down", { "retry-after": "5" });
       }
       unreserve();
       if (lease === "token_quota") {
@@ -820,8 +832,11 @@ export class Relay {
           return shared === undefined || this.config.tokenOpenRate === 0 ? true : shared.takeOpen(token);
         },
         countBytes: (bytes: number) => {
-          if (tokenLimits.addBytes(token, bytes)) this.#quotaExhausted(token);
+          const usage = tokenLimits.addBytes(token, bytes);
           shared?.addBytes(token, bytes);
+          // The first session over the quota ends them all; one that started meanwhile ends on its next bytes.
+          if (usage === "crossed") this.#quotaExhausted(token);
+          else if (usage === "over") session.close(CLOSE_POLICY_VIOLATION, QUOTA_EXHAUSTED);
         },
       }),
     });
@@ -858,7 +873,7 @@ export class Relay {
     Metrics.bump(this.metrics.rateLimited, "token_quota");
     if (sessions === undefined) return;
     for (const session of [...sessions]) {
-      session.close(CLOSE_POLICY_VIOLATION, "byte quota of this token exhausted for this period");
+      session.close(CLOSE_POLICY_VIOLATION, QUOTA_EXHAUSTED);
     }
   }
 

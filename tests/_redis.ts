@@ -82,6 +82,11 @@ export class RedisServer implements AsyncDisposable {
     }
   }
 
+  /** Sends `signal` to the server (SIGSTOP hangs it as a stuck host would, SIGCONT resumes it). */
+  signal(signal: Deno.Signal): void {
+    this.#child?.kill(signal);
+  }
+
   /** Stops the server (SIGKILL: no chance to save, as in a crash); resolves when it has exited. */
   async stop(): Promise<void> {
     const child = this.#child;

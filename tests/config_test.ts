@@ -460,3 +460,27 @@ Deno.test(
     });
   },
 );
+
+Deno.test("Redis settings: a redis:// or rediss:// URL, a lease long enough to be renewed", () => {
+  const env = (extra: Record<string, string>) => ({
+    AERO_PROXY_AUTH_TOKEN: "0123456789abcdef0123456789abcdef",
+    ...extra,
+  });
+  const ok = parseCommand(env({ AERO_PROXY_REDIS_URL: "rediss://user:pw@redis.example:6380/0" }), []);
+  assert.equal(ok.kind === "run" && ok.config.redisUrl, "rediss://user:pw@redis.example:6380/0");
+  assert.equal(ok.kind === "run" && ok.config.redisLeaseMs, 15000);
+  for (const bad of ["http://redis:6379", "redis://", "not a url"]) {
+    assert.throws(
+      () => parseCommand(env({ AERO_PROXY_REDIS_URL: bad }), []),
+      /AERO_PROXY_REDIS_URL must be a redis/,
+    );
+  }
+  assert.throws(
+    () => parseCommand(env({ AERO_PROXY_REDIS_LEASE_MS: "600", AERO_PROXY_REDIS_TIMEOUT_MS: "250" }), []),
+    /AERO_PROXY_REDIS_LEASE_MS must be at least 1000 and at least 3 x AERO_PROXY_REDIS_TIMEOUT_MS/,
+  );
+  assert.throws(
+    () => parseCommand(env({ AERO_PROXY_REDIS_LEASE_MS: "1000", AERO_PROXY_REDIS_TIMEOUT_MS: "500" }), []),
+    /at least 3 x/,
+  );
+});

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { tokenId } from "../src/auth.ts";
 import { quotaPeriod, TokenLimits } from "../src/core/quota.ts";
-import { encodeOpen, ErrorCode } from "../src/protocol/mod.ts";
+import { encodeOpen, ErrorCode, FrameType } from "../src/protocol/mod.ts";
 import { RedisServer, redisUnavailable } from "./_redis.ts";
 import {
   expectError,
@@ -76,21 +76,22 @@ Deno.test("token limits (unit): sessions, OPEN bucket, bytes per period aligned 
   mono += 1000;
   assert.equal(limits.takeOpen("a"), true, "one more a second");
 
-  assert.equal(limits.addBytes("a", 60), false);
+  assert.equal(limits.addBytes("a", 60), "under");
   assert.equal(limits.exhaustedFor("a"), 0);
-  assert.equal(limits.addBytes("a", 40), true, "the addition that reaches the quota reports it");
-  assert.equal(limits.addBytes("a", 1), false, "once only");
+  assert.equal(limits.addBytes("a", 40), "crossed", "the addition that reaches the quota reports it");
+  assert.equal(limits.addBytes("a", 1), "over", "later ones are over it");
   assert.equal(limits.exhaustedFor("a"), 3_599_000, "until the period ends");
   wall += 3_599_000;
   assert.equal(limits.exhaustedFor("a"), 0, "a new period starts from zero");
   limits.markExhausted("b");
   assert.equal(limits.exhaustedFor("b"), 3_600_000, "the fleet said so for this period");
+  assert.equal(limits.addBytes("b", 1), "over", "so its sessions end on their next bytes");
 
   const off = new TokenLimits(
     { maxSessionsPerToken: 0, tokenOpenRate: 0, tokenOpenBurst: 1, tokenByteQuota: 0, tokenQuotaPeriodS: 60 },
   );
   assert.equal(off.active, false);
-  assert.ok(off.takeOpen("x") && !off.addBytes("x", 1e12) && off.exhaustedFor("x") === 0);
+  assert.ok(off.takeOpen("x") && off.addBytes("x", 1e12) === "under" && off.exhaustedFor("x") === 0);
 });
 
 Deno.test("token limits: sessions per token (429), counted per token, not per IP", async () => {
@@ -208,5 +209,54 @@ Deno.test({
     assert.equal(closed.code, 1008);
     const refused = await upgrade(a.port, TOKEN);
     assert.equal(refused.status, "429", "A refuses the token too, once the fleet's total is over");
+  },
+});
+
+Deno.test({
+  name: "limits through a slow Redis: the total session cap holds for upgrades waiting on Redis",
+  ignore: unavailable !== undefined,
+  async fn() {
+    await using redis = await RedisServer.start();
+    await using relay = startRelay({ redisUrl: redis.url, maxSessions: 2, maxSessionsPerIp: 100 });
+    assert.ok(await waitUntil(() => relay.relay.metrics.redisUp === 1, { timeoutMs: 5000, intervalMs: 10 }));
+    // Every command now waits past the 250 ms timeout, so the upgrades below overlap while Redis "answers".
+    await redis.command("CLIENT", "PAUSE", "1500", "ALL");
+    const results = await Promise.all(Array.from({ length: 10 }, () => upgrade(relay.port, TOKEN)));
+    const admitted = results.filter((r) => r.status === "101").length;
+    assert.ok(admitted <= 2, `maxSessions 2, yet ${admitted} of 10 upgrades got 101`);
+    assert.equal(results.filter((r) => r.status === "503").length, 10 - admitted);
+  },
+});
+
+Deno.test({
+  name: "limits through a slow Redis: a session that starts while another spends the quota ends too",
+  ignore: unavailable !== undefined,
+  async fn() {
+    await using redis = await RedisServer.start();
+    await using source = startSourceServer(1024 * 1024);
+    await using relay = startRelay({
+      redisUrl: redis.url,
+      tokenByteQuota: 64 * 1024,
+      tokenQuotaPeriodS: 3600,
+    });
+    assert.ok(await waitUntil(() => relay.relay.metrics.redisUp === 1, { timeoutMs: 5000, intervalMs: 10 }));
+    await redis.command("CLIENT", "PAUSE", "3000", "ALL");
+    await using spender = await MuxClient.connect(muxUrl(relay.port));
+    const late = MuxClient.connect(muxUrl(relay.port));
+    await spender.open(1, source.port);
+    assert.equal((await withTimeout(spender.closed, 3000, "the spender closed")).code, 1008);
+    // The second session either never started (429) or ended with 1008 before it moved the quota again.
+    let moved = 0;
+    try {
+      await using second = await late;
+      second.send(encodeOpen(1, LOOPBACK, source.port));
+      second.onFrames(1, (frame) => {
+        if (frame.type === FrameType.DATA) moved += frame.data.byteLength;
+      });
+      assert.equal((await withTimeout(second.closed, 3000, "the second session closed")).code, 1008);
+    } catch (err: unknown) {
+      if (!/429|closed/i.test(String(err))) throw err;
+    }
+    assert.ok(moved < 64 * 1024, `the quota was spent, yet the second session moved ${moved} bytes`);
   },
 });

@@ -95,12 +95,13 @@ export class TokenLimits {
   }
 
   /**
-   * Counts `bytes` for `token`; true exactly when this addition took the token past its quota for the period
-   * (the caller then ends the token's sessions).
+   * Counts `bytes` for `token`: "under" its quota (or none is set), "crossed" when this addition took it past the
+   * quota for the period (the caller ends the token's sessions), "over" when it was already past (here or, as
+   * the fleet reported, elsewhere).
    */
-  addBytes(token: string, bytes: number): boolean {
+  addBytes(token: string, bytes: number): "under" | "crossed" | "over" {
     const { tokenByteQuota: quota, tokenQuotaPeriodS: periodS } = this.#settings;
-    if (quota === 0) return false;
+    if (quota === 0) return "under";
     const period = quotaPeriod(this.#wallClock(), periodS).index;
     let usage = this.#usage.get(token);
     if (usage === undefined || usage.period !== period) {
@@ -109,7 +110,8 @@ export class TokenLimits {
     }
     const before = usage.bytes;
     usage.bytes += bytes;
-    return before < quota && usage.bytes >= quota;
+    if (before >= quota || this.#fleetExhausted.get(token) === period) return "over";
+    return usage.bytes >= quota ? "crossed" : "under";
   }
 
   /** The fleet reported `token` over its quota in the current period. */

@@ -13,7 +13,6 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { getLogger } from "@logtape/logtape";
-import type { createClient } from "redis";
 import { quotaPeriod } from "./quota.ts";
 
 const logger = getLogger(["aero-net-proxy", "redis"]);
@@ -141,21 +140,46 @@ class Lease implements SharedLease {
 
 class Timeout extends Error {}
 
-type RedisClient = ReturnType<typeof createClient>;
+/** A command not sent at all: no client yet, or Redis is stalled on earlier ones. */
+class NotSent extends Error {}
+
+type RedisModule = typeof import("redis");
+type RedisClient = ReturnType<RedisModule["createClient"]>;
+
+/** Waits `ms`, or less if `until` settles first; leaves no timer behind. */
+async function within(until: Promise<unknown>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([until.catch(() => {}), new Promise((resolve) => timer = setTimeout(resolve, ms))]);
+  clearTimeout(timer);
+}
 
 /** The fleet's limits, kept in Redis. */
 export class SharedLimits {
   readonly #settings: SharedLimitSettings;
   readonly #hooks: SharedLimitHooks;
-  /** Set once the client library has loaded: only relays that use Redis load it (it costs ~16 MiB of RSS). */
+  /** The client library, loaded only by relays that use Redis (it costs ~16 MiB of RSS). */
+  #redis: RedisModule | undefined;
   #client: RedisClient | undefined;
   readonly #loaded: Promise<void>;
+  /** The first connection of the current client, with its retries (settles once connected, or destroyed). */
+  #connecting: Promise<void> = Promise.resolve();
+  /** Commands sent and not yet answered. */
+  #pending = 0;
+  /**
+   * Since when a command is past its timeout and still unanswered: until Redis answers, nothing more is sent
+   * (its queue would only grow), and past {@linkcode #stallLimitMs} the connection is dropped and made anew.
+   */
+  #stalledSince: number | undefined;
   /** This process's name in lease members: a crashed process's leases are never confused with a new one's. */
   readonly #instance = randomBytes(8).toString("hex");
   #nextLease = 1;
   readonly #leases = new Set<Lease>();
   /** Bytes counted here and not yet added in Redis, per token. */
   readonly #unsentBytes = new Map<string, number>();
+  /** Slots given back while Redis could not take the removal, to retry (at most one lease time old). */
+  readonly #unreleased = new Map<string, { key: string; member: string; since: number }>();
+  /** Tokens whose byte count is on its way to Redis: one addition in flight per token, never a repeat. */
+  readonly #flushing = new Set<string>();
   #up = false;
   #lastLog = -Infinity;
   #failuresSinceLog = 0;
@@ -166,32 +190,63 @@ export class SharedLimits {
   constructor(settings: SharedLimitSettings, hooks: SharedLimitHooks = {}) {
     this.#settings = settings;
     this.#hooks = hooks;
-    this.#loaded = import("redis").then(({ createClient }) => {
-      if (this.#closed) return;
-      const client = createClient({
-        url: settings.redisUrl,
-        // Fail at once while disconnected instead of queueing: the local limits decide meanwhile.
-        disableOfflineQueue: true,
-        socket: {
-          connectTimeout: Math.max(1000, settings.redisTimeoutMs),
-          reconnectStrategy: (retries: number) => Math.min(100 * 2 ** Math.min(retries, 5), 2000),
-        },
-      });
-      this.#client = client;
-      client.on("error", (err: unknown) => this.#failed("connection", err));
-      client.on("ready", () => {
-        this.#setUp(true);
-        // Redis may have come back empty (restart, failover): count every live session there again now.
-        void this.renew();
-      });
-      client.on("end", () => this.#setUp(false));
-      client.connect().catch((err: unknown) => this.#failed("connection", err));
+    this.#loaded = import("redis").then((redis) => {
+      this.#redis = redis;
+      if (!this.#closed) this.#connect();
     }).catch((err: unknown) => this.#failed("load", err));
     this.#renewTimer = setInterval(
       () => void this.renew(),
       Math.max(100, Math.floor(settings.redisLeaseMs / 3)),
     );
     this.#flushTimer = setInterval(() => void this.flushBytes(), FLUSH_MS);
+  }
+
+  get #stallLimitMs(): number {
+    return Math.max(2000, 8 * this.#settings.redisTimeoutMs);
+  }
+
+  #connect(): void {
+    const client = this.#redis!.createClient({
+      url: this.#settings.redisUrl,
+      // Fail at once while disconnected instead of queueing: the local limits decide meanwhile.
+      disableOfflineQueue: true,
+      socket: {
+        connectTimeout: Math.max(1000, this.#settings.redisTimeoutMs),
+        reconnectStrategy: (retries: number) => Math.min(100 * 2 ** Math.min(retries, 5), 2000),
+      },
+    });
+    this.#client = client;
+    client.on("error", (err: unknown) => this.#failed("connection", err));
+    client.on("ready", () => void this.#ready(client));
+    client.on("end", () => this.#setUp(false));
+    this.#connecting = client.connect().then(() => {}, (err: unknown) => this.#failed("connection", err));
+  }
+
+  /** Loads the scripts, then counts every live session in Redis again: it may have come back empty. */
+  async #ready(client: RedisClient): Promise<void> {
+    try {
+      // Loaded before any use, so that no command is ever retried after a NOSCRIPT (a retried renewal could
+      // re-add a lease released in between).
+      await Promise.all(Object.values(SCRIPTS).map((body) => this.#send(client, ["SCRIPT", "LOAD", body])));
+      this.#setUp(true);
+      await this.renew();
+    } catch (err: unknown) {
+      this.#failed("connection", err);
+    }
+  }
+
+  /** Drops a connection that stopped answering and opens a new one (every command on it fails now). */
+  #reconnect(): void {
+    const client = this.#client;
+    this.#client = undefined;
+    this.#stalledSince = undefined;
+    this.#setUp(false);
+    try {
+      client?.destroy();
+    } catch {
+      // Already closed.
+    }
+    if (!this.#closed) this.#connect();
   }
 
   /** Whether Redis answered the last command (or connected) and has not failed since. */
@@ -240,32 +295,58 @@ export class SharedLimits {
     this.#failuresSinceLog = 0;
   }
 
-  /** Runs a script by its hash, loading it when Redis does not know it (a new or restarted server). */
+  /** Sends one command on `client` (the current one by default), unless Redis is stalled. */
+  async #send(client: RedisClient | undefined, args: string[]): Promise<unknown> {
+    if (client === undefined) throw new NotSent("Redis is not connected");
+    if (this.#stalledSince !== undefined) {
+      if (performance.now() - this.#stalledSince > this.#stallLimitMs) this.#reconnect();
+      throw new NotSent("Redis has not answered earlier commands");
+    }
+    this.#pending++;
+    try {
+      return await client.sendCommand(args);
+    } finally {
+      if (--this.#pending === 0) this.#stalledSince = undefined;
+    }
+  }
+
+  /**
+   * Runs a script by its hash (loaded on connect; a NOSCRIPT, after a `SCRIPT FLUSH`, is an error for this
+   * call and reloads them all). With `bounded`, the answer is awaited at most the configured timeout.
+   */
   async #run(
     name: ScriptName,
     keys: readonly string[],
     args: readonly (string | number)[],
+    bounded = true,
   ): Promise<unknown> {
-    const tail = [String(keys.length), ...keys, ...args.map(String)];
-    const client = this.#client;
-    if (client === undefined) throw new Error("the Redis client is still loading");
-    const call = async () => {
-      try {
-        return await client.sendCommand(["EVALSHA", SHA[name], ...tail]);
-      } catch (err: unknown) {
-        if (!(err instanceof Error) || !err.message.startsWith("NOSCRIPT")) throw err;
-        return await client.sendCommand(["EVAL", SCRIPTS[name], ...tail]);
-      }
-    };
+    const call = this.#send(this.#client, [
+      "EVALSHA",
+      SHA[name],
+      String(keys.length),
+      ...keys,
+      ...args.map(String),
+    ])
+      .catch((err: unknown) => {
+        if (err instanceof Error && err.message.startsWith("NOSCRIPT") && this.#client !== undefined) {
+          void this.#ready(this.#client);
+        }
+        throw err;
+      });
+    if (!bounded) {
+      const reply = await call;
+      this.#setUp(true);
+      return reply;
+    }
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new Timeout(`no answer within ${this.#settings.redisTimeoutMs} ms`)),
-        this.#settings.redisTimeoutMs,
-      );
+      timer = setTimeout(() => {
+        this.#stalledSince ??= performance.now();
+        reject(new Timeout(`no answer within ${this.#settings.redisTimeoutMs} ms`));
+      }, this.#settings.redisTimeoutMs);
     });
     try {
-      const reply = await Promise.race([call(), timeout]);
+      const reply = await Promise.race([call, timeout]);
       this.#setUp(true);
       return reply;
     } finally {
@@ -316,16 +397,34 @@ export class SharedLimits {
   /** Gives a session's slot back (if Redis misses this, the lease runs out by itself). */
   release(lease: Lease): void {
     if (!this.#leases.delete(lease) || this.#closed) return;
-    for (const key of lease.keys) {
-      this.#client?.sendCommand(["ZREM", key, lease.member]).catch((err: unknown) =>
-        this.#failed("release", err)
-      );
-    }
+    for (const key of lease.keys) this.#remove(key, lease.member, performance.now());
+  }
+
+  /**
+   * Takes `member` out of `key`; when that cannot be sent now (Redis down or stalled), it is tried again at each
+   * renewal for as long as the lease could still be counted, so that a slot is not held a whole lease longer.
+   */
+  #remove(key: string, member: string, since: number): void {
+    const entry = `${key} ${member}`;
+    this.#send(this.#client, ["ZREM", key, member]).then(
+      () => this.#unreleased.delete(entry),
+      (err: unknown) => {
+        if (performance.now() - since < this.#settings.redisLeaseMs) {
+          this.#unreleased.set(entry, { key, member, since });
+        }
+        this.#failed("release", err);
+      },
+    );
   }
 
   /** Renews every lease this process holds, re-adding those Redis has lost. */
   async renew(): Promise<void> {
-    if (this.#closed || this.#leases.size === 0) return;
+    if (this.#closed) return;
+    for (const [entry, { key, member, since }] of this.#unreleased) {
+      this.#unreleased.delete(entry);
+      this.#remove(key, member, since);
+    }
+    if (this.#leases.size === 0) return;
     const byKey = new Map<string, string[]>();
     for (const lease of this.#leases) {
       for (const key of lease.keys) {
@@ -342,6 +441,14 @@ export class SharedLimits {
       );
     } catch (err: unknown) {
       this.#failed("renew", err);
+    }
+    // A session that ended while the renewal was on its way was re-added by it: give that slot back again.
+    const held = new Set([...this.#leases].map((lease) => lease.member));
+    for (const [key, members] of byKey) {
+      for (const member of members) {
+        if (held.has(member)) continue;
+        this.#remove(key, member, performance.now());
+      }
     }
   }
 
@@ -368,34 +475,66 @@ export class SharedLimits {
     this.#unsentBytes.set(token, (this.#unsentBytes.get(token) ?? 0) + bytes);
   }
 
-  /** Adds the bytes counted since the last flush; a token whose fleet total reached the quota is reported. */
+  /**
+   * Adds the bytes counted since the last flush; a token whose fleet total reached the quota is reported. Each
+   * token has at most one addition on its way: a slow Redis delays the count, it never counts bytes twice.
+   */
   async flushBytes(): Promise<void> {
-    if (this.#closed || this.#unsentBytes.size === 0) return;
+    if (this.#closed) return;
     const periodMs = this.#settings.tokenQuotaPeriodS * 1000;
-    const batch = [...this.#unsentBytes];
-    this.#unsentBytes.clear();
-    await Promise.all(batch.map(async ([token, bytes]) => {
-      try {
-        const total = Number(await this.#run("ADD_BYTES", [this.#bytesKey(token)], [bytes, 2 * periodMs]));
-        if (total >= this.#settings.tokenByteQuota) this.#hooks.onExhausted?.(token);
-      } catch (err: unknown) {
-        // Kept for the next flush: bytes moved while Redis was away still count once it is back.
-        this.#unsentBytes.set(token, (this.#unsentBytes.get(token) ?? 0) + bytes);
-        this.#failed("add_bytes", err);
-      }
-    }));
+    const additions: Promise<void>[] = [];
+    for (const [token, bytes] of this.#unsentBytes) {
+      if (this.#flushing.has(token)) continue;
+      this.#unsentBytes.delete(token);
+      this.#flushing.add(token);
+      additions.push((async () => {
+        try {
+          const total = Number(
+            await this.#run("ADD_BYTES", [this.#bytesKey(token)], [bytes, 2 * periodMs], false),
+          );
+          if (total >= this.#settings.tokenByteQuota) this.#hooks.onExhausted?.(token);
+        } catch (err: unknown) {
+          // Counted again next time only when Redis certainly did not add them: never sent, or refused. A
+          // connection lost with the command on it may or may not have added them, and is not retried.
+          if (
+            err instanceof NotSent || (this.#redis !== undefined && err instanceof this.#redis.ErrorReply)
+          ) {
+            this.#unsentBytes.set(token, (this.#unsentBytes.get(token) ?? 0) + bytes);
+          }
+          this.#failed("add_bytes", err);
+        } finally {
+          this.#flushing.delete(token);
+        }
+      })());
+    }
+    await Promise.all(additions);
   }
 
-  /** Stops renewing and disconnects; leases this process still holds run out in Redis by themselves. */
+  /**
+   * Stops renewing and disconnects, within about twice the command timeout whatever Redis does; leases this
+   * process still holds run out in Redis by themselves.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
-    await this.flushBytes();
+    await within(this.flushBytes(), this.#settings.redisTimeoutMs);
     this.#closed = true;
     clearInterval(this.#renewTimer);
     clearInterval(this.#flushTimer);
     await this.#loaded;
-    // Waits for the replies still due (the last releases), then disconnects.
     const client = this.#client;
-    await client?.close().catch(() => client.destroy());
+    this.#client = undefined;
+    if (client === undefined) return;
+    // The replies still due (the last releases) are awaited while Redis answers; then the socket goes, along
+    // with any reconnection the client had planned.
+    if (client.isReady && this.#stalledSince === undefined) {
+      await within(client.close(), this.#settings.redisTimeoutMs);
+    }
+    try {
+      client.destroy();
+    } catch {
+      // Already closed.
+    }
+    // A client still trying to connect wakes from its back-off (at most 2 s) to find itself destroyed.
+    await within(this.#connecting, 2500);
   }
 }

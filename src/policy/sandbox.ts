@@ -93,7 +93,14 @@ export function parseExceptions(text: string): Block[] {
       throw new RangeError(`Cannot leave ${JSON.stringify(entry)} open: not an IPv4 address or CIDR`);
     }
     const value = octets.reduce((acc, o) => ((acc << 8) | o) >>> 0, 0);
-    return { network: (value & maskOf(prefix)) >>> 0, prefix };
+    // A typo must not open more than was meant: no host bits past the prefix, and no block wider than a /8.
+    if (((value & maskOf(prefix)) >>> 0) !== value) {
+      throw new RangeError(`Cannot leave ${JSON.stringify(entry)} open: it has bits set past the /${prefix}`);
+    }
+    if (prefix < 8) {
+      throw new RangeError(`Cannot leave ${JSON.stringify(entry)} open: wider than a /8`);
+    }
+    return { network: value, prefix };
   });
 }
 

@@ -180,3 +180,75 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "shared limits: a slow Redis delays a byte count but never counts it twice",
+  ignore: unavailable !== undefined,
+  async fn() {
+    await using redis = await RedisServer.start();
+    const common = settings(redis.url, { tokenByteQuota: 1 << 30 });
+    const limits = new SharedLimits(common);
+    try {
+      await connected(limits);
+      limits.addBytes("t", 1000);
+      // Every command waits 1.5 s, far past the 250 ms timeout; flushes keep coming meanwhile.
+      await redis.command("CLIENT", "PAUSE", "1500", "ALL");
+      const flushes = [limits.flushBytes(), limits.flushBytes()];
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      limits.addBytes("t", 24);
+      flushes.push(limits.flushBytes());
+      await Promise.all(flushes);
+      await limits.flushBytes();
+      const key = (await redis.command("--scan", "--pattern", "*bytes:t:*")).trim();
+      assert.equal(Number(await redis.command("GET", key)), 1024);
+    } finally {
+      await limits.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "shared limits: a hung Redis (SIGSTOP) neither holds up close() nor keeps a released slot taken",
+  ignore: unavailable !== undefined,
+  async fn() {
+    await using redis = await RedisServer.start();
+    const common = settings(redis.url, { maxSessionsPerIp: 1, redisLeaseMs: 3000 });
+    const hung = new SharedLimits(common);
+    const other = new SharedLimits(common);
+    try {
+      await connected(hung, other);
+      const lease = await hung.acquire("192.0.2.77", undefined);
+      assert.ok(isLease(lease));
+      redis.signal("SIGSTOP");
+      // The renewal times out and marks Redis stalled; the release then cannot be sent.
+      await hung.renew();
+      lease.release();
+      assert.equal(hung.up, false);
+      redis.signal("SIGCONT");
+      // Resumed, the stalled commands finish; the removal that could not be sent goes at the next renewal.
+      const answering = await waitUntil(async () => {
+        const probe = await hung.acquire("192.0.2.99", undefined);
+        if (typeof probe !== "string") probe.release();
+        return hung.up;
+      }, { timeoutMs: 3000, intervalMs: 20 });
+      assert.ok(answering, "Redis answers again after SIGCONT");
+      const freed = await waitUntil(async () => {
+        const probe = await other.acquire("192.0.2.77", undefined);
+        if (typeof probe !== "string") probe.release();
+        return typeof probe !== "string";
+      }, { timeoutMs: 1500, intervalMs: 50 });
+      assert.ok(freed, "the released slot is free well before its lease (3 s) runs out");
+
+      assert.ok(isLease(await hung.acquire("192.0.2.78", undefined)));
+      redis.signal("SIGSTOP");
+      const began = performance.now();
+      await hung.close();
+      const tookMs = performance.now() - began;
+      assert.ok(tookMs < 2000, `close() took ${Math.round(tookMs)} ms with Redis hung`);
+    } finally {
+      redis.signal("SIGCONT");
+      await hung.close();
+      await other.close();
+    }
+  },
+});

@@ -129,7 +129,9 @@ Deno.test({
 
 Deno.test({ name: "parseExceptions() names a bad entry", permissions: "none" }, () => {
   assert.deepEqual(parseExceptions(""), []);
-  assert.deepEqual(parseExceptions("10.1.2.3/8"), [{ network: 0x0a000000, prefix: 8 }]);
+  assert.deepEqual(parseExceptions("10.0.0.0/8"), [{ network: 0x0a000000, prefix: 8 }]);
+  assert.throws(() => parseExceptions("10.1.2.3/8"), /bits set past the \/8/);
+  assert.throws(() => parseExceptions("0.0.0.0/0"), /wider than a \/8/);
   for (const bad of ["10.0.0.256", "10.0.0.0/33", "fd00::1", "redis", "10.0.0"]) {
     assert.throws(
       () => parseExceptions(bad),

@@ -482,3 +482,21 @@ Deno.test("wisp UDP: past the bindings limit a UDP CONNECT gets 0x49, and every 
     "UDP sockets kept",
   );
 });
+
+Deno.test("wisp password mode: a request refused before the upgrade gives its place among sessions to authenticate back", async () => {
+  await using relay = startWispRelay({ wispPasswordAuth: true });
+  // More than the pool's 8 places per IP, each answered 426 (no Upgrade header) after the place was taken.
+  for (let i = 0; i < 10; i++) {
+    const head = upgradeRequest(relay.port, "/wisp/", {
+      headers: { Upgrade: null, Connection: null, "Sec-WebSocket-Protocol": "wisp-v2" },
+    }).head;
+    const { client, response } = await RawClient.request(relay.port, head);
+    await client.close();
+    assert.equal(response.status, 426);
+  }
+  const head =
+    upgradeRequest(relay.port, "/wisp/", { headers: { "Sec-WebSocket-Protocol": "wisp-v2" } }).head;
+  const { client, response } = await RawClient.request(relay.port, head);
+  await client.close();
+  assert.equal(response.status, 101, "the pool of sessions to authenticate is not leaked");
+});
