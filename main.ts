@@ -89,6 +89,23 @@ async function healthcheck(config: Config): Promise<number> {
   }
 }
 
+/**
+ * The relay's URL; with a token generated for this run, also tells it once, to stderr, never to the log stream:
+ * this is the only place that token appears.
+ */
+function announce(tls: boolean, hostname: string, port: number, generated: string | undefined): string {
+  const host = hostname.includes(":") ? `[${hostname}]` : hostname;
+  const base = `${tls ? "wss" : "ws"}://${host}:${port}${MUX_PATH}`;
+  if (generated !== undefined) {
+    // deno-lint-ignore no-console
+    console.error(
+      `aero-net-proxy: AERO_PROXY_AUTH_TOKEN is not set; generated a token for this run.\n` +
+        `Connect to: ${base}?token=${generated}`,
+    );
+  }
+  return base;
+}
+
 /** Resolves with the first SIGINT or SIGTERM; a second one exits at once (after `onForce`). */
 function firstSignal(logger: ReturnType<typeof getLogger>, onForce: () => void = () => {}): Promise<string> {
   const { promise, resolve } = Promise.withResolvers<string>();
@@ -150,15 +167,7 @@ async function supervise(initial: Config): Promise<void> {
     fail(`cannot listen on ${config.metricsHost}:${config.metricsPort}: ${errorText(err)}`);
   }
   supervisor.start();
-  const host = config.host.includes(":") ? `[${config.host}]` : config.host;
-  const base = `${config.tlsCertFile === "" ? "ws" : "wss"}://${host}:${config.port}${MUX_PATH}`;
-  if (generated !== undefined) {
-    // deno-lint-ignore no-console
-    console.error(
-      `aero-net-proxy: AERO_PROXY_AUTH_TOKEN is not set; generated a token for this run.\n` +
-        `Connect to: ${base}?token=${generated}`,
-    );
-  }
+  announce(config.tlsCertFile !== "", config.host, config.port, generated);
   logger.info("supervising", {
     event: "supervising",
     workers: config.workers,
@@ -247,17 +256,7 @@ async function main(): Promise<void> {
   } catch (err: unknown) {
     fail(`cannot listen on ${config.host}:${config.port}: ${errorText(err)}`);
   }
-  const scheme = tls === undefined ? "ws" : "wss";
-  const host = running.hostname.includes(":") ? `[${running.hostname}]` : running.hostname;
-  const base = `${scheme}://${host}:${running.port}${MUX_PATH}`;
-  if (generated !== undefined) {
-    // Printed once, to stderr, never to the log stream: this is the only place the token appears.
-    // deno-lint-ignore no-console
-    console.error(
-      `aero-net-proxy: AERO_PROXY_AUTH_TOKEN is not set; generated a token for this run.\n` +
-        `Connect to: ${base}?token=${generated}`,
-    );
-  }
+  const base = announce(tls !== undefined, running.hostname, running.port, generated);
   logger.info("listening", {
     event: "listening",
     host: running.hostname,

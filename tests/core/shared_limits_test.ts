@@ -28,6 +28,14 @@ function isLease(value: SharedLease | string): value is SharedLease {
   return typeof value !== "string";
 }
 
+/** Whether a session from `ip` would get in now: "admitted" (its slot is given straight back) or the refusal. */
+async function probe(limits: SharedLimits, ip: string, token?: string): Promise<string> {
+  const outcome = await limits.acquire(ip, token);
+  if (typeof outcome === "string") return outcome;
+  outcome.release();
+  return "admitted";
+}
+
 async function connected(...limits: SharedLimits[]): Promise<void> {
   assert.ok(
     await waitUntil(() => limits.every((l) => l.up), { timeoutMs: 5000, intervalMs: 10 }),
@@ -57,11 +65,10 @@ Deno.test({
       assert.ok(isLease(await a.acquire("192.0.2.3", undefined)));
       second.release();
       assert.ok(
-        await waitUntil(async () => {
-          const again = await a.acquire("192.0.2.1", "other");
-          if (isLease(again)) return true;
-          return false;
-        }, { timeoutMs: 2000, intervalMs: 20 }),
+        await waitUntil(async () => await probe(a, "192.0.2.1", "other") === "admitted", {
+          timeoutMs: 2000,
+          intervalMs: 20,
+        }),
       );
     } finally {
       await a.close();
@@ -135,11 +142,10 @@ Deno.test({
       await connected(newcomer);
       // Both of the holder's sessions (one admitted while Redis was away) are counted again within seconds.
       // (A probe that gets in gives its slot straight back, so that only the holder's sessions count.)
-      const refusedAgain = await waitUntil(async () => {
-        const probe = await newcomer!.acquire("203.0.113.9", undefined);
-        if (typeof probe !== "string") probe.release();
-        return probe === "sessions_per_ip";
-      }, { timeoutMs: 3000, intervalMs: 50 });
+      const refusedAgain = await waitUntil(
+        async () => await probe(newcomer!, "203.0.113.9") === "sessions_per_ip",
+        { timeoutMs: 3000, intervalMs: 50 },
+      );
       assert.ok(refusedAgain, "the shared cap holds again after Redis restarted empty");
       assert.deepEqual(health.slice(0, 2), [true, false]);
       assert.equal(health.at(-1), true);
@@ -227,16 +233,14 @@ Deno.test({
       redis.signal("SIGCONT");
       // Resumed, the stalled commands finish; the removal that could not be sent goes at the next renewal.
       const answering = await waitUntil(async () => {
-        const probe = await hung.acquire("192.0.2.99", undefined);
-        if (typeof probe !== "string") probe.release();
+        await probe(hung, "192.0.2.99");
         return hung.up;
       }, { timeoutMs: 3000, intervalMs: 20 });
       assert.ok(answering, "Redis answers again after SIGCONT");
-      const freed = await waitUntil(async () => {
-        const probe = await other.acquire("192.0.2.77", undefined);
-        if (typeof probe !== "string") probe.release();
-        return typeof probe !== "string";
-      }, { timeoutMs: 1500, intervalMs: 50 });
+      const freed = await waitUntil(async () => await probe(other, "192.0.2.77") === "admitted", {
+        timeoutMs: 1500,
+        intervalMs: 50,
+      });
       assert.ok(freed, "the released slot is free well before its lease (3 s) runs out");
 
       assert.ok(isLease(await hung.acquire("192.0.2.78", undefined)));
