@@ -198,6 +198,11 @@ async function main(): Promise<void> {
   // A worker handles untrusted traffic: it gives up --allow-run (which only its supervisor needs) first.
   const workerText = Deno.env.get(WORKER_INDEX_ENV);
   if (workerText !== undefined) Deno.permissions.revokeSync({ name: "run" });
+  // A worker's stdin is its supervisor's pipe; the variable set by hand (copied between environments) would
+  // otherwise make a plain relay share its port silently and never be ready.
+  if (workerText !== undefined && Deno.stdin.isTerminal()) {
+    fail(`${WORKER_INDEX_ENV} is set by the supervisor only; unset it (AERO_PROXY_WORKERS sets the count)`);
+  }
   let command;
   try {
     command = parseCommand(readEnv(), Deno.args, {

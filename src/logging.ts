@@ -92,7 +92,9 @@ export function jsonFormatter(record: LogRecord): string {
 /** Sends every record to stdout, whatever its level (a console sink would send warnings to stderr). */
 function stdoutSink(format: (record: LogRecord) => string): (record: LogRecord) => void {
   return (record) => {
-    Deno.stdout.writeSync(encoder.encode(`${format(record)}\n`));
+    // Written whole: under AERO_PROXY_WORKERS a cut-off line would swallow the next IPC message on the pipe.
+    const bytes = encoder.encode(`${format(record)}\n`);
+    for (let offset = 0; offset < bytes.byteLength;) offset += Deno.stdout.writeSync(bytes.subarray(offset));
   };
 }
 

@@ -32,6 +32,12 @@ const RESTART_MAX_MS = 10_000;
 const HEALTHY_RUN_MS = 30_000;
 /** How long a scrape waits for each worker's metrics: a hung worker is left out, not waited for. */
 const COLLECT_TIMEOUT_MS = 2000;
+/** How often every worker is asked for its metrics even without a scrape: a liveness check, and last values. */
+const HEARTBEAT_MS = 2000;
+/** Heartbeats in a row a worker may miss before it is taken for hung, killed and replaced. */
+const HEARTBEAT_MISSES = 3;
+/** After SIGTERM, how much longer than the drain grace the workers get before SIGKILL. */
+const STOP_MARGIN_MS = 5000;
 /** Exit code of a worker (and this supervisor) for bad usage or configuration, as in main.ts. */
 const EXIT_USAGE = 2;
 /** Files the start tasks and the binary may read; a worker gets the ones the supervisor may read. */
@@ -49,6 +55,11 @@ export interface ProcessFacts {
   readonly args: readonly string[];
   /** `Deno.permissions.querySync(...).state`. */
   readonly query: (descriptor: Deno.PermissionDescriptor) => Deno.PermissionState;
+  /**
+   * `Deno.permissions.querySync({ name }).partial`: the whole of a permission is granted but for a deny list
+   * (`--allow-net --deny-net=...`), which the permission API cannot show.
+   */
+  readonly partial: (name: "net" | "read" | "env") => boolean;
 }
 
 /** The facts of the running process. */
@@ -59,6 +70,7 @@ export function currentProcess(): ProcessFacts {
     mainModule: Deno.mainModule,
     args: Deno.args,
     query: (descriptor) => Deno.permissions.querySync(descriptor).state,
+    partial: (name) => Deno.permissions.querySync({ name }).partial === true,
   };
 }
 
@@ -78,10 +90,12 @@ export interface WorkerCommand {
  * are embedded), or `deno run` with flags rebuilt from what this process holds:
  *
  * - network: `--allow-net` if it holds all of it, plus the sandbox's `--deny-net` list (the one deno.json's
- *   sandboxed task carries, from src/policy/sandbox.ts) when 10.0.0.1 is denied; or `--allow-net=127.0.0.0/8`
+ *   sandboxed task carries, from src/policy/sandbox.ts) when it holds a deny list and that list checks out
+ *   as the sandbox's (any other deny list is refused: Deno cannot show it); or `--allow-net=127.0.0.0/8`
  *   when it holds exactly loopback (how the tests and the bench run relays). Any other narrowed grant cannot
  *   be read back, and is refused.
- * - environment: `--allow-env` or `--allow-env=AERO_PROXY_*`, whichever it holds.
+ * - environment: `--allow-env` or `--allow-env=AERO_PROXY_*`, whichever it holds (`--deny-env`, `--deny-read`:
+ *   refused).
  * - files: `--allow-read`, or those of the start tasks' files and the configured token and TLS files that it
  *   may read.
  * - never `--allow-run`; always `--unstable-net` (for `reusePort`).
@@ -114,7 +128,18 @@ export function workerCommand(config: Config, facts: ProcessFacts): WorkerComman
   const net = (host?: string) => query(host === undefined ? { name: "net" } : { name: "net", host });
   if (net() === "granted") {
     flags.push("--allow-net");
-    if (net("10.0.0.1") === "denied") flags.push(`--deny-net=${sandboxDenyList().join(",")}`);
+    if (facts.partial("net")) {
+      // A deny list cannot be read back; the one list a worker can be given is the sandbox's, checked here
+      // range by range (an operator's own list, or the sandbox with exceptions, is refused, not dropped).
+      if (!holdsSandboxList(net)) {
+        throw new WorkerSetupError(
+          `AERO_PROXY_WORKERS=${config.workers} can pass on the sandbox's --deny-net list (deno task ` +
+            "start:sandboxed) but not another deny list; compile a binary with it instead (its workers carry " +
+            "its embedded permissions)",
+        );
+      }
+      flags.push(`--deny-net=${sandboxDenyList().join(",")}`);
+    }
   } else if (
     ["127.0.0.1", "127.1.2.3", "127.255.255.254"].every((h) => net(h) === "granted") &&
     ["128.0.0.1", "126.255.255.255", "8.8.8.8"].every((h) => net(h) !== "granted")
@@ -125,6 +150,13 @@ export function workerCommand(config: Config, facts: ProcessFacts): WorkerComman
       `AERO_PROXY_WORKERS=${config.workers} can pass on --allow-net (with or without the sandbox's ` +
         "--deny-net) or --allow-net=127.0.0.0/8, not another narrowed network permission",
     );
+  }
+  for (const name of ["read", "env"] as const) {
+    if (facts.partial(name)) {
+      throw new WorkerSetupError(
+        `AERO_PROXY_WORKERS=${config.workers} cannot pass a --deny-${name} list on to its workers`,
+      );
+    }
   }
   if (query({ name: "env" }) === "granted") flags.push("--allow-env");
   else if (query({ name: "env", variable: WORKER_INDEX_ENV }) === "granted") {
@@ -138,6 +170,34 @@ export function workerCommand(config: Config, facts: ProcessFacts): WorkerComman
   }
   const main = decodeURIComponent(new URL(facts.mainModule).pathname);
   return { cmd, args: [...flags, main, ...facts.args] };
+}
+
+/** IPv4 text of a 32-bit address. */
+function ipv4(value: number): string {
+  return [value >>> 24, (value >>> 16) & 255, (value >>> 8) & 255, value & 255].join(".");
+}
+
+/**
+ * Whether the network permission denies what the sandbox's list denies, probed at both ends of every range and
+ * just outside them: the list of `deno task start:sandboxed`, not one built with exceptions or another one.
+ */
+function holdsSandboxList(net: (host: string) => Deno.PermissionState): boolean {
+  const list = sandboxDenyList();
+  const ranges = list.filter((entry) => !entry.startsWith("[")).map((entry) => {
+    const [address, prefix] = entry.split("/");
+    const start = address!.split(".").reduce((acc, octet) => ((acc << 8) | Number(octet)) >>> 0, 0);
+    return { start, end: start + 2 ** (32 - Number(prefix)) - 1 };
+  });
+  const inList = (value: number) => ranges.some((r) => value >= r.start && value <= r.end);
+  for (const { start, end } of ranges) {
+    if (net(ipv4(start)) !== "denied" || net(ipv4(end)) !== "denied") return false;
+    for (const outside of [start - 1, end + 1]) {
+      if (outside >= 0 && outside <= 0xffff_ffff && !inList(outside) && net(ipv4(outside)) === "denied") {
+        return false;
+      }
+    }
+  }
+  return list.filter((entry) => entry.startsWith("[")).every((entry) => net(entry) === "denied");
 }
 
 /** Settings of a {@linkcode Supervisor}. */
@@ -156,7 +216,16 @@ interface Slot {
   stdin: WritableStreamDefaultWriter<Uint8Array> | undefined;
   pid: number | undefined;
   ready: boolean;
+  /** Whether the process in the slot now has listened. */
   listened: boolean;
+  /** Whether the process in the slot said it is draining (it does not come back to ready). */
+  draining: boolean;
+  /** Whether any process in the slot ever listened: after that, exit code 2 is a crash like any other. */
+  everListened: boolean;
+  /** Collections in a row this worker did not answer. */
+  misses: number;
+  /** Its metrics at the last collection it answered (a worker that misses one is shown with these). */
+  last: unknown[] | undefined;
   startedAt: number;
   /** Crashes in a row (reset by a run of HEALTHY_RUN_MS). */
   crashes: number;
@@ -185,6 +254,16 @@ export class Supervisor {
   /** Settles with an exit code when the supervisor cannot go on (a worker refused the configuration). */
   readonly #fatal = Promise.withResolvers<number>();
   readonly #registry = new client.Registry();
+  /**
+   * Counters and histograms of workers that have exited, summed: the host's totals never go down when a worker
+   * is replaced (Prometheus would read that as a counter reset).
+   */
+  #retired: object[] = [];
+  /** The last update of {@linkcode #retired}, which every aggregation waits for. */
+  #retiring: Promise<void> = Promise.resolve();
+  /** The aggregation running now: concurrent scrapes share it. */
+  #inflight: Promise<string> | undefined;
+  #heartbeat: ReturnType<typeof setInterval> | undefined;
   readonly #restarts: client.Counter;
   readonly #workerSessions: client.Gauge;
 
@@ -199,6 +278,10 @@ export class Supervisor {
       pid: undefined,
       ready: false,
       listened: false,
+      draining: false,
+      everListened: false,
+      misses: 0,
+      last: undefined,
       startedAt: 0,
       crashes: 0,
       done: undefined,
@@ -242,6 +325,23 @@ export class Supervisor {
   /** Starts every worker. */
   start(): void {
     for (const slot of this.#slots) this.#spawn(slot);
+    this.#heartbeat = setInterval(() => void this.#beat(), HEARTBEAT_MS);
+  }
+
+  /** Asks every listening worker for its metrics; one that misses HEARTBEAT_MISSES in a row is killed. */
+  async #beat(): Promise<void> {
+    const id = this.#nextId++;
+    await Promise.all(this.#slots.map((slot) => this.#collect(slot, id)));
+    for (const slot of this.#slots) {
+      if (slot.child === undefined || slot.misses < HEARTBEAT_MISSES || this.#stopping) continue;
+      logger.error("worker_unresponsive", {
+        event: "worker_unresponsive",
+        worker: slot.index,
+        pid: slot.pid ?? null,
+        missedMs: slot.misses * COLLECT_TIMEOUT_MS,
+      });
+      this.#signal(slot, "SIGKILL");
+    }
   }
 
   /** Whether every worker is ready and none is shutting down. */
@@ -279,6 +379,9 @@ export class Supervisor {
     slot.stdin = child.stdin.getWriter();
     slot.ready = false;
     slot.listened = false;
+    slot.draining = false;
+    slot.misses = 0;
+    slot.last = undefined;
     slot.startedAt = performance.now();
     logger.info("worker_started", { event: "worker_started", worker: slot.index, pid: child.pid });
     const reading = readLines(child.stdout, (line) => this.#line(slot, line), {
@@ -305,10 +408,12 @@ export class Supervisor {
       case "ready":
         slot.ready = true;
         slot.listened = true;
+        slot.everListened = true;
         this.#updateFleet(slot);
         return;
       case "draining":
         slot.ready = false;
+        slot.draining = true;
         this.#updateFleet();
         return;
       case "scrape": {
@@ -347,8 +452,12 @@ export class Supervisor {
     if (slot.child !== child) return;
     slot.child = undefined;
     slot.pid = undefined;
+    // The pipe to a dead worker is closed, or every restart would keep one descriptor.
+    slot.stdin?.abort().catch(() => {});
     slot.stdin = undefined;
     slot.ready = false;
+    this.#retire(slot.last);
+    slot.last = undefined;
     for (const settle of slot.collects.values()) settle(undefined);
     slot.collects.clear();
     this.#updateFleet();
@@ -362,7 +471,7 @@ export class Supervisor {
       });
       return;
     }
-    if (status.code === EXIT_USAGE && !slot.listened) {
+    if (status.code === EXIT_USAGE && !slot.everListened) {
       // The same configuration would fail again: give up instead of restarting for ever.
       logger.fatal("worker_refused_configuration", {
         event: "worker_refused_configuration",
@@ -402,6 +511,21 @@ export class Supervisor {
     const settle = (metrics: unknown[] | undefined) => {
       clearTimeout(timer);
       slot.collects.delete(id);
+      if (metrics === undefined) {
+        // A worker that does not answer takes no new sessions' worth of trust: not ready until it answers.
+        slot.misses++;
+        if (slot.ready) {
+          slot.ready = false;
+          this.#updateFleet();
+        }
+      } else {
+        slot.misses = 0;
+        slot.last = metrics;
+        if (!slot.ready && slot.listened && !slot.draining && !this.#stopping && slot.child !== undefined) {
+          slot.ready = true;
+          this.#updateFleet(slot);
+        }
+      }
       resolve(metrics);
     };
     slot.collects.set(id, settle);
@@ -414,12 +538,34 @@ export class Supervisor {
    * `AggregatorRegistry` (each metric's own aggregator: counters, gauges and histograms sum; build info and
    * start time do not), plus the supervisor's own: workers running, restarts, sessions per worker.
    */
-  async exposition(): Promise<string> {
+  exposition(): Promise<string> {
+    this.#inflight ??= this.#aggregate().finally(() => this.#inflight = undefined);
+    return this.#inflight;
+  }
+
+  /** Adds an exited worker's counters and histograms (its last values) to the retired totals. */
+  #retire(metrics: unknown[] | undefined): void {
+    if (metrics === undefined) return;
+    const lasting = (metrics as { type?: string }[]).filter((m) =>
+      m.type === "counter" || m.type === "histogram"
+    );
+    this.#retiring = this.#retiring.then(async () => {
+      const registry = client.AggregatorRegistry.aggregate([this.#retired, lasting]);
+      this.#retired = await registry.getMetricsAsJSON();
+    }).catch(() => {});
+  }
+
+  async #aggregate(): Promise<string> {
     const id = this.#nextId++;
     const answers = await Promise.all(this.#slots.map((slot) => this.#collect(slot, id)));
+    await this.#retiring;
     this.#workerSessions.reset();
     const collected: object[] = [];
-    answers.forEach((metrics, index) => {
+    if (this.#retired.length > 0) collected.push(this.#retired);
+    answers.forEach((answer, index) => {
+      // A worker that did not answer in time is shown with its last values rather than left out.
+      const metrics = answer ??
+        (this.#slots[index]!.child === undefined ? undefined : this.#slots[index]!.last);
       if (metrics === undefined) return;
       collected.push(metrics);
       const sessions = (metrics as client.MetricObjectWithValues<client.MetricValue<string>>[])
@@ -441,18 +587,25 @@ export class Supervisor {
    */
   async stop(): Promise<void> {
     this.#stopping = true;
+    clearInterval(this.#heartbeat);
     this.#updateFleet();
     for (const slot of this.#slots) {
       clearTimeout(slot.restartTimer);
       slot.restartTimer = undefined;
       this.#signal(slot, "SIGTERM");
     }
+    // A worker that has not finished its drain well after the grace (hung) is killed.
+    const force = setTimeout(() => {
+      for (const slot of this.#slots) this.#signal(slot, "SIGKILL");
+    }, this.#config.shutdownGraceMs + STOP_MARGIN_MS);
     await Promise.all(this.#slots.map((s) => s.done));
+    clearTimeout(force);
   }
 
   /** Forced stop: SIGKILL to every worker. */
   kill(): void {
     this.#stopping = true;
+    clearInterval(this.#heartbeat);
     for (const slot of this.#slots) {
       clearTimeout(slot.restartTimer);
       this.#signal(slot, "SIGKILL");
