@@ -101,6 +101,22 @@ function bumpCount(map: Map<string, number>, key: string, delta: number): void {
   else map.delete(key);
 }
 
+/** Per-session settings of `#startSession`. */
+interface SessionOptions {
+  readonly maxDatagramBytes?: number;
+  /** The token given with the upgrade (undefined for sessions that authenticate in band). */
+  readonly token?: string | undefined;
+  /** Gives back a place among sessions still to authenticate (called whenever no session starts, and at the end). */
+  readonly held?: (() => void) | undefined;
+  /** Filled with a function that binds the token a session authenticates with in band to its limits. */
+  readonly inBand?: { bind?: (token: string) => boolean } | undefined;
+}
+
+/** The token whose limits a session counts against (a token id, see `tokenId`), once known. */
+interface TokenBinding {
+  token: string | undefined;
+}
+
 /** The close reason of a session whose token has spent its byte quota for the period. */
 const QUOTA_EXHAUSTED = "byte quota of this token exhausted for this period";
 
@@ -380,6 +396,7 @@ export class Relay {
     let password: { required: boolean; check(password: string): boolean; settled?(): void } | undefined;
     let token: string | undefined;
     let held: (() => void) | undefined;
+    const inBand: { bind?: (token: string) => boolean } = {};
     if (candidates.length > 0) {
       // Every candidate is checked (digests, constant time each), so which one matched does not leak by timing.
       for (const candidate of candidates) {
@@ -390,7 +407,11 @@ export class Relay {
       const release = this.#holdUnauthenticated(request, info);
       if (release instanceof Response) return release;
       held = release;
-      password = { required: true, check: (candidate) => tokens.matches(candidate), settled: release };
+      password = {
+        required: true,
+        check: (candidate) => tokens.matches(candidate) && (inBand.bind?.(candidate) ?? true),
+        settled: release,
+      };
     } else {
       return this.#authFailed(request, info, 401, "missing");
     }
@@ -415,7 +436,7 @@ export class Relay {
           ...(password === undefined ? {} : { password }),
         }),
       () => wire?.start(),
-      { token, held },
+      { token, held, inBand },
     );
   }
 
@@ -554,11 +575,12 @@ export class Relay {
       let auth:
         | { check(token: string): boolean; timeoutMs: number; rejected?: string; settled(): void }
         | undefined;
+      const inBand: { bind?: (token: string) => boolean } = {};
       if (!valid) {
         const release = this.#holdUnauthenticated(request, info);
         if (release instanceof Response) return release;
         auth = {
-          check: (candidate: string) => tokens.matches(candidate),
+          check: (candidate: string) => tokens.matches(candidate) && (inBand.bind?.(candidate) ?? true),
           timeoutMs: config.headerTimeoutMs,
           settled: release,
           ...(token === undefined ? {} : { rejected: "the token is not valid" }),
@@ -573,7 +595,7 @@ export class Relay {
         (session) =>
           wire = new AeroUdpWire(session, { perTarget: false, ...(auth === undefined ? {} : { auth }) }),
         () => wire?.start(),
-        { ...limits, token: valid ? token : undefined, held: auth?.settled },
+        { ...limits, token: valid ? token : undefined, held: auth?.settled, inBand },
       );
     }
     const checked = await this.#urlTarget(request, info, params);
@@ -681,7 +703,7 @@ export class Relay {
     protocol: string | undefined,
     wire: (session: Session) => Wire,
     begin?: (session: Session) => void,
-    options: { maxDatagramBytes?: number; token?: string | undefined; held?: (() => void) | undefined } = {},
+    options: SessionOptions = {},
   ): Response | Promise<Response> {
     // A place in the pool of sessions still to authenticate is given back whenever no session starts.
     const refuse = (response: Response) => {
@@ -703,12 +725,14 @@ export class Relay {
     // answers cannot all pass the local caps at once.
     bumpCount(this.#sessionsPerIp, clientIp, 1);
     if (token !== undefined) this.#tokenLimits.addSession(token);
+    // The session's token: known now, or once it authenticates in band (see #bindToken).
+    const binding: TokenBinding = { token };
     let reserved = true;
     const unreserve = () => {
       if (!reserved) return;
       reserved = false;
       bumpCount(this.#sessionsPerIp, clientIp, -1);
-      if (token !== undefined) this.#tokenLimits.removeSession(token);
+      if (binding.token !== undefined) this.#tokenLimits.removeSession(binding.token);
       options.held?.();
     };
     const start = (lease: SharedLease | undefined): Response => {
@@ -721,7 +745,7 @@ export class Relay {
           begin,
           options,
           clientIp,
-          token,
+          binding,
           lease,
           unreserve,
         );
@@ -769,9 +793,9 @@ export class Relay {
     protocol: string | undefined,
     wire: (session: Session) => Wire,
     begin: ((session: Session) => void) | undefined,
-    options: { maxDatagramBytes?: number },
+    options: SessionOptions,
     clientIp: string,
-    token: string | undefined,
+    binding: TokenBinding,
     lease: SharedLease | undefined,
     unreserve: () => void,
   ): Response {
@@ -798,6 +822,7 @@ export class Relay {
     const socketClosed = Promise.withResolvers<void>();
     // The session has ended (whoever ended it): its slot is free at once.
     const released = () => {
+      const token = binding.token;
       this.#sessions.delete(session);
       unreserve();
       lease?.release();
@@ -826,12 +851,16 @@ export class Relay {
       wire,
       onClose: released,
       ...(options.maxDatagramBytes === undefined ? {} : { maxDatagramBytes: options.maxDatagramBytes }),
-      ...(token === undefined || !tokenLimits.active ? {} : {
+      ...(!tokenLimits.active ? {} : {
         admitOpen: () => {
+          const token = binding.token;
+          if (token === undefined) return true;
           if (!tokenLimits.takeOpen(token)) return false;
           return shared === undefined || this.config.tokenOpenRate === 0 ? true : shared.takeOpen(token);
         },
         countBytes: (bytes: number) => {
+          const token = binding.token;
+          if (token === undefined) return;
           const usage = tokenLimits.addBytes(token, bytes);
           shared?.addBytes(token, bytes);
           // The first session over the quota ends them all; one that started meanwhile ends on its next bytes.
@@ -841,10 +870,9 @@ export class Relay {
       }),
     });
     this.#sessions.add(session);
-    if (token !== undefined) {
-      const byToken = this.#sessionsByToken.get(token);
-      if (byToken === undefined) this.#sessionsByToken.set(token, new Set([session]));
-      else byToken.add(session);
+    if (binding.token !== undefined) this.#trackToken(binding.token, session);
+    if (options.inBand !== undefined) {
+      options.inBand.bind = (raw) => this.#bindToken(session, binding, raw);
     }
     Metrics.bump(this.metrics.sessionsByProtocol, kind);
     this.#socketsClosed.set(session, socketClosed.promise);
@@ -865,6 +893,36 @@ export class Relay {
     socket.onclose = (event) => socketEnded(event.code, event.reason === "" ? undefined : event.reason);
     if (begin !== undefined) socket.onopen = () => begin(session);
     return response;
+  }
+
+  #trackToken(token: string, session: Session): void {
+    const byToken = this.#sessionsByToken.get(token);
+    if (byToken === undefined) this.#sessionsByToken.set(token, new Set([session]));
+    else byToken.add(session);
+  }
+
+  /**
+   * A session that authenticated in band (the `/udp` auth message, Wisp's password) takes on its token's limits
+   * from then on; false when the token may not start another session (its cap, or its quota spent), which the
+   * wire answers as a failed authentication. The fleet's per-token session count (Redis) sees only tokens
+   * given with the upgrade; these count in this process.
+   */
+  #bindToken(session: Session, binding: TokenBinding, raw: string): boolean {
+    if (binding.token !== undefined) return true;
+    const token = tokenId(raw);
+    const refusal = this.#tokenLimits.exhaustedFor(token) > 0
+      ? "token_quota"
+      : !this.#tokenLimits.sessionAllowed(token)
+      ? "sessions_per_token"
+      : undefined;
+    if (refusal !== undefined) {
+      Metrics.bump(this.metrics.rejectedUpgrades, refusal);
+      return false;
+    }
+    binding.token = token;
+    this.#tokenLimits.addSession(token);
+    this.#trackToken(token, session);
+    return true;
   }
 
   /** A token went over its byte quota (here or across the fleet): its sessions end with 1008. */

@@ -319,3 +319,34 @@ Deno.test("/udp: an upgrade refused by a session cap gives its place in the unau
   waiting.ws.send(JSON.stringify({ type: "auth", token: TOKEN }));
   assert.equal((await waiting.text()).type, "ready");
 });
+
+Deno.test("/udp authenticated in band takes on its token's limits: the session cap, and the byte quota", async (t) => {
+  await using echo = await startUdpEcho();
+  await t.step("a token at its session cap cannot authenticate one more session in band", async () => {
+    await using relay = startUdpRelay({ maxSessionsPerToken: 1 });
+    const url = `ws://127.0.0.1:${relay.port}/udp`;
+    await using first = await UdpClient.open(`${url}?token=${TOKEN}`);
+    assert.equal((await first.text()).type, "ready");
+    await using second = await UdpClient.open(url);
+    second.ws.send(JSON.stringify({ type: "auth", token: TOKEN }));
+    const answer = await second.text();
+    assert.deepEqual([answer.type, answer.code], ["error", "unauthorized"]);
+    assert.equal((await second.closed).code, 1008);
+    assert.equal(relay.relay.metrics.rejectedUpgrades.get("sessions_per_token"), 1);
+  });
+  await t.step("datagrams of a session authenticated in band count against the quota", async () => {
+    await using relay = startUdpRelay({ tokenByteQuota: 4096 });
+    await using client = await UdpClient.open(`ws://127.0.0.1:${relay.port}/udp`);
+    client.ws.send(JSON.stringify({ type: "auth", token: TOKEN }));
+    assert.equal((await client.text()).type, "ready");
+    const frame = { version: 2 as const, remoteIp: loopback4, remotePort: echo.port, guestPort: 40100 };
+    // 1,000 bytes each way per datagram: the quota of 4,096 is spent within three round trips.
+    for (let i = 0; i < 8 && client.ws.readyState === WebSocket.OPEN; i++) {
+      client.ws.send(encodeUdpFrame({ ...frame, payload: new Uint8Array(1000) }));
+      await delay(20);
+    }
+    const closed = await withTimeout(client.closed, 3000, "closed for the quota");
+    assert.equal(closed.code, 1008);
+    assert.match(closed.reason, /byte quota/);
+  });
+});

@@ -500,3 +500,23 @@ Deno.test("wisp password mode: a request refused before the upgrade gives its pl
   await client.close();
   assert.equal(response.status, 101, "the pool of sessions to authenticate is not leaked");
 });
+
+Deno.test("wisp password mode: the password's token keeps its session cap (a token at its cap gets 0xc0)", async () => {
+  await using relay = startWispRelay({ wispPasswordAuth: true, maxSessionsPerToken: 1 });
+  const login = async () => {
+    const client = await RawWisp.open(url(relay, "/wisp/"), ["wisp-v2"]);
+    await client.next();
+    client.send(encodeWispInfo({
+      major: 2,
+      minor: 0,
+      extensions: [{ kind: "password-auth-credentials", username: "u", password: TOKEN }],
+    }));
+    return client;
+  };
+  await using first = await login();
+  assert.deepEqual(await first.next(), { type: WispPacketType.CONTINUE, streamId: 0, bufferRemaining: 128 });
+  await using second = await login();
+  assert.equal(await second.closeReason(0), WispCloseReason.AUTH_BAD_PASSWORD);
+  assert.equal((await second.closed).code, 1008);
+  assert.equal(relay.relay.metrics.rejectedUpgrades.get("sessions_per_token"), 1);
+});
