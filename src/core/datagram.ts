@@ -9,7 +9,6 @@
  */
 import dgram from "node:dgram";
 import { getLogger } from "@logtape/logtape";
-import type { SocketBudget } from "../budget.ts";
 import {
   type CloseReason,
   type ConnectCause,
@@ -17,8 +16,8 @@ import {
   GATE_REFUSED,
   resolveStreamTarget,
   type SessionStream,
+  type StreamHostBase,
 } from "./stream.ts";
-import type { Target, TargetResult } from "./target.ts";
 
 /** Datagrams, and bytes of them, a binding holds while its socket is being set up; more are dropped. */
 export const PENDING_DATAGRAMS = 16;
@@ -35,33 +34,17 @@ export type DatagramDrop =
   | "refused";
 
 /** What a UDP binding needs from its session. */
-export interface DatagramHost {
-  readonly sessionId: string;
-  readonly sockets: SocketBudget | undefined;
+export interface DatagramHost extends StreamHostBase {
   /** Bytes the wire puts in front of a datagram of binding `id` (they may differ per binding). */
   datagramHeaderSize(id: number): number;
-  /** True while the WebSocket send buffer is above the high watermark. */
-  readonly congested: boolean;
   /** Largest datagram payload relayed either way. */
   readonly maxDatagramBytes: number;
   /** A binding with no datagram either way for this long is closed. */
   readonly datagramIdleMs: number;
-  resolveTarget(target: Target, signal: AbortSignal): Promise<TargetResult>;
   /** Takes one datagram of `bytes` from the session's UDP rate; false: drop it. */
   admitDatagram(bytes: number): boolean;
   datagramDropped(reason: DatagramDrop): void;
   datagramRelayed(direction: "to_target" | "from_target", bytes: number): void;
-  writeDataHeader(frame: Uint8Array, id: number): void;
-  sendFrame(frame: Uint8Array): void;
-  streamOpened(stream: SessionStream): void;
-  streamEnding(
-    stream: SessionStream,
-    reason: CloseReason,
-    message: string | undefined,
-    cause?: ConnectCause,
-  ): void;
-  streamFinished(stream: SessionStream): void;
-  observeStream(reason: CloseReason, connectMs: number | undefined, durationMs: number): void;
 }
 
 const logger = getLogger(["aero-net-proxy", "stream"]);

@@ -121,6 +121,8 @@ export interface SharedLease {
 const FLUSH_MS = 1000;
 /** At most one "Redis is unavailable" line per this long. */
 const LOG_EVERY_MS = 60_000;
+/** Removals kept to retry while Redis cannot take them (about 200 bytes each). */
+const MAX_UNRELEASED = 16_384;
 
 class Lease implements SharedLease {
   readonly member: string;
@@ -252,6 +254,11 @@ export class SharedLimits {
   /** Whether Redis answered the last command (or connected) and has not failed since. */
   get up(): boolean {
     return this.#up;
+  }
+
+  /** Removals waiting for Redis to answer (bounded; see MAX_UNRELEASED). */
+  get pendingRemovals(): number {
+    return this.#unreleased.size;
   }
 
   /** Leases held by this process. */
@@ -409,7 +416,10 @@ export class SharedLimits {
     this.#send(this.#client, ["ZREM", key, member]).then(
       () => this.#unreleased.delete(entry),
       (err: unknown) => {
-        if (performance.now() - since < this.#settings.redisLeaseMs) {
+        // Kept at most one lease time, and at most MAX_UNRELEASED of them (sessions that a client opens and
+        // ends quickly while Redis is away): past either, the lease runs out in Redis by itself.
+        const fresh = performance.now() - since < this.#settings.redisLeaseMs;
+        if (fresh && this.#unreleased.size < MAX_UNRELEASED) {
           this.#unreleased.set(entry, { key, member, since });
         }
         this.#failed("release", err);

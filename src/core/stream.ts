@@ -132,42 +132,15 @@ export interface SessionStream {
   abortLinger(): void;
 }
 
-/** What a stream needs from its session. */
-export interface StreamHost {
+/** What every stream, TCP or UDP, needs from its session: target checks, sockets, frames, its lifecycle. */
+export interface StreamHostBase {
   readonly sessionId: string;
-  readonly dial: Dial;
-  readonly connectTimeoutMs: number;
-  readonly streamQueueBytes: number;
-  /**
-   * Whether the wire can half-close: a client close then only ends the client's direction (FIN to the target,
-   * whose answer still flows), and the target's EOF is reported with `targetEnded` instead of ending the stream.
-   */
-  readonly halfClose: boolean;
-  /** The target finished sending (half-close wires only). */
-  targetEnded(stream: TcpStream): void;
   /** Turns a target into checked addresses (names resolved once, every address judged by the policy). */
   resolveTarget(target: Target, signal: AbortSignal): Promise<TargetResult>;
   /** Takes a socket for a target connection; undefined: no budget. */
   readonly sockets: SocketBudget | undefined;
-  /** The stream queued `bytes` more (charged); `full`: its queue is now over the stream cap. */
-  queueAdded(stream: TcpStream, bytes: number, full: boolean): void;
-  /** The stream wrote or dropped `bytes` (as charged); `full`: its queue is still over the stream cap. */
-  queueRemoved(stream: TcpStream, bytes: number, full: boolean): void;
   /** True while the WebSocket send buffer is above the high watermark. */
   readonly congested: boolean;
-  waitForDrain(): Promise<void>;
-  /**
-   * Bytes the stream may read from its target now (at most `want`, at least `floor`, which defaults to
-   * `MIN_READ`); give them back with `releaseRead`.
-   */
-  reserveRead(want: number, floor?: number): number;
-  releaseRead(size: number): void;
-  /** Milliseconds to wait before `n` more client bytes may go to a target (shaping). */
-  reserveUplink(n: number): number;
-  /** Milliseconds to wait after `n` target bytes before the next read (shaping). */
-  reserveDownlink(n: number): number;
-  /** Bytes the wire format puts in front of each DATA payload (0 for raw bytes). */
-  readonly dataHeaderSize: number;
   /** Writes the DATA header for stream `id` at `frame[0]`; the payload is the rest of `frame`. */
   writeDataHeader(frame: Uint8Array, id: number): void;
   sendFrame(frame: Uint8Array): void;
@@ -187,6 +160,37 @@ export interface StreamHost {
   streamFinished(stream: SessionStream): void;
   /** Records a finished stream in the metrics. */
   observeStream(reason: CloseReason, connectMs: number | undefined, durationMs: number): void;
+}
+
+/** What a TCP stream needs from its session. */
+export interface StreamHost extends StreamHostBase {
+  readonly dial: Dial;
+  readonly connectTimeoutMs: number;
+  readonly streamQueueBytes: number;
+  /**
+   * Whether the wire can half-close: a client close then only ends the client's direction (FIN to the target,
+   * whose answer still flows), and the target's EOF is reported with `targetEnded` instead of ending the stream.
+   */
+  readonly halfClose: boolean;
+  /** The target finished sending (half-close wires only). */
+  targetEnded(stream: TcpStream): void;
+  /** The stream queued `bytes` more (charged); `full`: its queue is now over the stream cap. */
+  queueAdded(stream: TcpStream, bytes: number, full: boolean): void;
+  /** The stream wrote or dropped `bytes` (as charged); `full`: its queue is still over the stream cap. */
+  queueRemoved(stream: TcpStream, bytes: number, full: boolean): void;
+  waitForDrain(): Promise<void>;
+  /**
+   * Bytes the stream may read from its target now (at most `want`, at least `floor`, which defaults to
+   * `MIN_READ`); give them back with `releaseRead`.
+   */
+  reserveRead(want: number, floor?: number): number;
+  releaseRead(size: number): void;
+  /** Milliseconds to wait before `n` more client bytes may go to a target (shaping). */
+  reserveUplink(n: number): number;
+  /** Milliseconds to wait after `n` target bytes before the next read (shaping). */
+  reserveDownlink(n: number): number;
+  /** Bytes the wire format puts in front of each DATA payload (0 for raw bytes). */
+  readonly dataHeaderSize: number;
   /** The stream keeps its socket open after finishing, to drain the target after a client CLOSE. */
   lingerStarted(stream: TcpStream): void;
   lingerEnded(stream: TcpStream): void;

@@ -256,3 +256,27 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "shared limits: slots given back while Redis is down are kept to retry, 16,384 at most",
+  ignore: unavailable !== undefined,
+  async fn() {
+    await using redis = await RedisServer.start();
+    const limits = new SharedLimits(settings(redis.url));
+    try {
+      await connected(limits);
+      await redis.stop();
+      // A client opening and ending sessions as fast as it can while Redis is away.
+      for (let i = 0; i < 17_000; i++) {
+        const lease = await limits.acquire(`198.18.${i >> 8}.${i & 255}`, undefined);
+        assert.ok(isLease(lease));
+        lease.release();
+      }
+      await waitUntil(() => limits.pendingRemovals >= 16_384, { timeoutMs: 5000, intervalMs: 20 });
+      assert.equal(limits.pendingRemovals, 16_384);
+      assert.equal(limits.leases, 0);
+    } finally {
+      await limits.close();
+    }
+  },
+});
