@@ -165,6 +165,8 @@ export class SharedLimits {
   readonly #loaded: Promise<void>;
   /** The first connection of the current client, with its retries (settles once connected, or destroyed). */
   #connecting: Promise<void> = Promise.resolve();
+  /** When the client's current reconnection back-off ends (performance.now()). */
+  #retryAt = 0;
   /** Commands sent and not yet answered. */
   #pending = 0;
   /**
@@ -214,7 +216,13 @@ export class SharedLimits {
       disableOfflineQueue: true,
       socket: {
         connectTimeout: Math.max(1000, this.#settings.redisTimeoutMs),
-        reconnectStrategy: (retries: number) => Math.min(100 * 2 ** Math.min(retries, 5), 2000),
+        reconnectStrategy: (retries: number) => {
+          // Closed: no more attempts (an attempt that fails after close() would otherwise wait once more).
+          if (this.#closed) return new Error("closed");
+          const delayMs = Math.min(100 * 2 ** Math.min(retries, 5), 2000);
+          this.#retryAt = performance.now() + delayMs;
+          return delayMs;
+        },
       },
     });
     this.#client = client;
@@ -544,7 +552,10 @@ export class SharedLimits {
     } catch {
       // Already closed.
     }
-    // A client still trying to connect wakes from its back-off (at most 2 s) to find itself destroyed.
+    // A client still trying to connect, first or again, wakes from its back-off (at most 2 s) to find itself
+    // destroyed; waiting for that leaves no timer of the library's behind.
     await within(this.#connecting, 2500);
+    const backOffMs = this.#retryAt - performance.now();
+    if (backOffMs > 0) await within(new Promise(() => {}), backOffMs + 20);
   }
 }
